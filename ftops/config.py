@@ -1,0 +1,297 @@
+"""One typed config per project, loaded from YAML with `FTOPS_...` environment overrides.
+
+Every section forbids unknown keys, so a typo is an error rather than a silently ignored
+setting. URIs left empty resolve to the embedded defaults under `project.dir`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ftops.errors import ConfigError
+
+ENV_PREFIX = "FTOPS_"
+ENV_NESTING = "__"
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "deploy" / "ftops.yaml"
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ProjectSection(Section):
+    name: str = Field("tweets-sentiment", pattern=r"^[a-z0-9][a-z0-9_.-]*$")
+    dir: Path = Path(".ftops")
+
+
+class AugmentSection(Section):
+    """EDA-style augmentation of the train split (Wei & Zou 2019), without WordNet."""
+
+    enabled: bool = False
+    copies: int = Field(1, ge=1, le=8)
+    swap: float = Field(0.1, ge=0, le=0.5)
+    delete: float = Field(0.1, ge=0, le=0.5)
+    insert: float = Field(0.1, ge=0, le=0.5)
+
+
+class DataSection(Section):
+    source: str = "builtin:tweets?domain=airline"
+    text_column: str = "text"
+    label_column: str = "label"
+    labels: list[str] | None = None
+    encoding: str = "utf-8"
+    on_invalid: Literal["error", "drop"] = "error"
+    min_rows_per_class: int = Field(10, ge=1)
+    min_chars: int = Field(1, ge=1)
+    max_chars: int = Field(2000, ge=1)
+    dedup: Literal["none", "exact", "normalized"] = "normalized"
+    max_rows: int | None = Field(None, ge=10)
+    validation_size: float = Field(0.15, gt=0, lt=0.5)
+    test_size: float = Field(0.15, gt=0, lt=0.5)
+    seed: int = 13
+    augment: AugmentSection = AugmentSection()
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, value: str) -> str:
+        import codecs
+
+        try:
+            codecs.lookup(value)
+        except LookupError:
+            raise ValueError("unknown text encoding; use e.g. utf-8, latin-1, cp1252") from None
+        return value
+
+    @model_validator(mode="after")
+    def _sizes_leave_training_rows(self) -> DataSection:
+        if self.validation_size + self.test_size >= 0.6:
+            raise ValueError(
+                f"validation_size + test_size = {self.validation_size + self.test_size:.2f} "
+                "leaves too little to train on; keep the sum below 0.6"
+            )
+        if self.min_chars > self.max_chars:
+            raise ValueError(f"min_chars ({self.min_chars}) is above max_chars ({self.max_chars})")
+        return self
+
+
+class ModelSection(Section):
+    name: str = "minilm-l6"
+    max_length: int = Field(128, ge=8, le=4096)
+
+
+class CandidateSection(Section):
+    """One fine-tuning candidate; `params` holds the strategy's own settings."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
+    strategy: str = "full"
+    learning_rate: float = Field(5e-5, gt=0)
+    epochs: float = Field(2, gt=0)
+    batch_size: int = Field(32, ge=1)
+    params: dict[str, Any] = {}
+
+
+class GatesSection(Section):
+    min_effect: float = Field(0.0, ge=0, description="macro-F1 gain a challenger must show")
+    alpha: float = Field(0.05, gt=0, lt=1)
+    slice_tolerance: float = Field(0.02, ge=0, le=1)
+    parity_atol: float = Field(1e-4, gt=0)
+    p99_ms: float = Field(100.0, gt=0)
+
+
+class ServingSection(Section):
+    runtime: Literal["python_onnxruntime", "onnxruntime_onnx"] = "python_onnxruntime"
+    host: str = "127.0.0.1"
+    http_port: int = Field(8000, ge=1, le=65535)
+    grpc_port: int = Field(8001, ge=1, le=65535)
+    metrics_port: int = Field(8002, ge=1, le=65535)
+    gateway_port: int = Field(8080, ge=1, le=65535)
+    instances: int | None = Field(None, ge=1)
+    threads: int | None = Field(None, ge=1)
+    max_queue_delay_us: int = Field(0, ge=0)
+    load_concurrency: int = Field(4, ge=1)
+
+
+class MonitoringSection(Section):
+    window_size: int = Field(500, ge=10)
+    min_window: int = Field(200, ge=10)
+    drift_share: float = Field(0.5, gt=0, le=1)
+    text_auc_threshold: float = Field(0.55, gt=0.5, lt=1)
+    persistence_windows: int = Field(3, ge=1)
+    persistence_hits: int = Field(2, ge=1)
+    cooldown_hours: float = Field(24, ge=0)
+    ui_port: int = Field(8085, ge=1, le=65535)
+
+    @model_validator(mode="after")
+    def _hits_fit_windows(self) -> MonitoringSection:
+        if self.persistence_hits > self.persistence_windows:
+            raise ValueError("persistence_hits cannot exceed persistence_windows")
+        if self.min_window > self.window_size:
+            raise ValueError("min_window cannot exceed window_size")
+        return self
+
+
+class SchedulesSection(Section):
+    retrain_cron: str = "0 3 1 1,4,7,10 *"
+    monitor_interval_minutes: int = Field(15, ge=1)
+    timezone: str = "UTC"
+
+    @field_validator("retrain_cron")
+    @classmethod
+    def _five_fields(cls, value: str) -> str:
+        if len(value.split()) != 5:
+            raise ValueError("a cron expression has 5 fields: minute hour day month weekday")
+        return value
+
+
+class UrisSection(Section):
+    """Empty values resolve to embedded defaults under project.dir (see Config.resolved)."""
+
+    mlflow_tracking: str | None = None
+    prefect_api: str = "http://127.0.0.1:4200/api"
+    prediction_log: str | None = None
+    evidently_workspace: str | None = None
+
+
+class Config(Section):
+    project: ProjectSection = ProjectSection()
+    data: DataSection = DataSection()
+    model: ModelSection = ModelSection()
+    candidates: list[CandidateSection] = [
+        CandidateSection(name="lora", strategy="lora"),
+        CandidateSection(name="full", strategy="full"),
+    ]
+    gates: GatesSection = GatesSection()
+    serving: ServingSection = ServingSection()
+    monitoring: MonitoringSection = MonitoringSection()
+    schedules: SchedulesSection = SchedulesSection()
+    uris: UrisSection = UrisSection()
+
+    @field_validator("candidates")
+    @classmethod
+    def _unique_names(cls, value: list[CandidateSection]) -> list[CandidateSection]:
+        names = [c.name for c in value]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"candidate names must be unique; repeated: {', '.join(duplicates)}")
+        return value
+
+    def resolved(self) -> Config:
+        """A copy with project.dir absolute and every empty URI set to its embedded default."""
+        out = self.model_copy(deep=True)
+        root = out.project.dir.expanduser().resolve()
+        out.project.dir = root
+        uris = out.uris
+        uris.mlflow_tracking = uris.mlflow_tracking or f"sqlite:///{root / 'mlflow.db'}"
+        uris.prediction_log = uris.prediction_log or f"sqlite:///{root / 'predictions.db'}"
+        uris.evidently_workspace = uris.evidently_workspace or str(root / "evidently")
+        return out
+
+
+def load_config(path: str | Path | None = None, env: dict[str, str] | None = None,
+                overrides: dict[str, Any] | None = None) -> Config:
+    """Read YAML (default: $FTOPS_CONFIG, else deploy/ftops.yaml), apply `FTOPS_` env
+    overrides, then `overrides` (dotted keys, e.g. from CLI flags), and validate."""
+    env = dict(os.environ if env is None else env)
+    if path is None:
+        path = env.get(f"{ENV_PREFIX}CONFIG") or DEFAULT_CONFIG
+    path = Path(path)
+    raw = {} if path == DEFAULT_CONFIG and not path.exists() else _read_yaml(path)
+    sources = _apply_env(raw, env)
+    for dotted, value in (overrides or {}).items():
+        keys = tuple(dotted.split("."))
+        _set(raw, keys, value)
+        sources[keys] = "--" + keys[-1].replace("_", "-")
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc, path, sources)) from None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"Config file {path} does not exist. Pass --config with a YAML file, "
+                          f"or start from {DEFAULT_CONFIG}.")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"Config file {path} is not valid YAML{where}: {problem}.") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"Config file {path} is not UTF-8 text (byte {exc.start}).") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"Config file {path} must be a mapping of sections (project, data, "
+                          f"model, ...), not a {type(data).__name__}.")
+    return data
+
+
+def _apply_env(raw: dict[str, Any], env: dict[str, str]) -> dict[tuple[str, ...], str]:
+    """FTOPS_DATA__VALIDATION_SIZE=0.2 sets data.validation_size; values are parsed as YAML.
+
+    Returns which keys came from which variable, so errors can name the variable.
+    """
+    sources: dict[tuple[str, ...], str] = {}
+    for var, text in sorted(env.items()):
+        if not var.startswith(ENV_PREFIX) or var == f"{ENV_PREFIX}CONFIG":
+            continue
+        keys = tuple(part.lower() for part in var[len(ENV_PREFIX):].split(ENV_NESTING))
+        if len(keys) < 2 or not all(keys):
+            continue  # not a config key (e.g. FTOPS_HOME); leave it to whoever reads it
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            value = text
+        _set(raw, keys, value)
+        sources[keys] = "$" + var
+    return sources
+
+
+def _set(raw: dict[str, Any], keys: tuple[str, ...], value: Any) -> None:
+    node = raw
+    for key in keys[:-1]:
+        if not isinstance(node.get(key), dict):
+            node[key] = {}
+        node = node[key]
+    node[keys[-1]] = value
+
+
+def _explain(exc: ValidationError, path: Path, sources: dict[tuple[str, ...], str]) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = tuple(str(p) for p in err["loc"])
+        key = ".".join(loc) or "(top level)"
+        origin = sources.get(loc)
+        where = f" (from {origin})" if origin else ""
+        if err["type"] == "extra_forbidden":
+            allowed = _allowed_keys(loc[:-1])
+            lines.append(f"unknown key '{key}'{where}; allowed here: {', '.join(allowed)}")
+        else:
+            value = err.get("input")
+            shown = "" if isinstance(value, dict) else f" = {value!r}"
+            lines.append(f"'{key}'{shown}{where}: {err['msg']}")
+    return f"Invalid config {path}: " + "; ".join(lines) + "."
+
+
+def _allowed_keys(loc: tuple[str, ...]) -> list[str]:
+    model: Any = Config
+    for part in loc:
+        if part.isdigit():
+            continue
+        field = model.model_fields.get(part)
+        if field is None:
+            break
+        annotation = field.annotation
+        args = getattr(annotation, "__args__", ())
+        candidates = [annotation, *args]
+        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if model is None:
+            return []
+    return sorted(model.model_fields)

