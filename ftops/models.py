@@ -74,6 +74,7 @@ def build_classifier(name: str, labels: list[str]):
             num_labels=len(labels),
             id2label=dict(enumerate(labels)),
             label2id={label: i for i, label in enumerate(labels)},
+            ignore_mismatched_sizes=True,  # a local fine-tuned folder may have another head
             local_files_only=True,
         )
     finally:

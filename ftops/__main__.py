@@ -1,0 +1,3 @@
+from ftops.cli import main
+
+main()

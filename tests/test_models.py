@@ -1,0 +1,53 @@
+import pytest
+
+from ftops import models
+from ftops.errors import ModelError
+
+
+def test_default_name_resolves_inside_the_wheel():
+    path = models.resolve_model("minilm-l6")
+    assert "site-packages" in str(path) and (path / "config.json").is_file()
+    assert (path / "model.safetensors").is_file() and (path / "tokenizer.json").is_file()
+
+
+def test_unknown_name_lists_what_is_available():
+    with pytest.raises(ModelError, match="Unknown model 'bert-base'.*Known: minilm-l6"):
+        models.resolve_model("bert-base")
+
+
+def test_folder_without_config_is_rejected(tmp_path):
+    with pytest.raises(ModelError, match="no config.json"):
+        models.resolve_model(str(tmp_path))
+
+
+def test_a_local_folder_works(tmp_path):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    tiny = BertConfig(vocab_size=100, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                      intermediate_size=32)
+    BertForSequenceClassification(tiny).save_pretrained(tmp_path)
+    model = models.build_classifier(str(tmp_path), ["a", "b", "c"])
+    assert model.config.id2label == {0: "a", 1: "b", 2: "c"}
+    assert model.classifier.out_features == 3
+
+
+@pytest.mark.slow
+def test_the_real_minilm_loads_offline_and_predicts_a_batch():
+    import torch
+
+    labels = ["negative", "neutral", "positive"]
+    model = models.build_classifier("minilm-l6", labels).eval()
+    tokenizer = models.load_tokenizer("minilm-l6", max_length=64)
+    assert sum(p.numel() for p in model.bert.parameters()) == pytest.approx(22.7e6, rel=0.01)
+    texts = ["@united thanks for the great flight", "my bag is lost again", "x " * 200]
+    batch = tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
+    assert batch["input_ids"].shape[1] == 64  # the long text is cut at max_length
+    with torch.no_grad():
+        logits = model(**batch).logits
+    assert logits.shape == (3, 3) and torch.isfinite(logits).all()
+    # The encoder is pretrained (not random): two paraphrases embed closer than an unrelated text.
+    with torch.no_grad():
+        pooled = model.bert(**tokenizer(["the flight was late", "my flight was delayed", "I love apples"],
+                                        padding=True, return_tensors="pt")).last_hidden_state[:, 0]
+    sim = torch.nn.functional.cosine_similarity
+    assert sim(pooled[0], pooled[1], dim=0) > sim(pooled[0], pooled[2], dim=0)

@@ -1,0 +1,105 @@
+import json
+import random
+
+import pandas as pd
+import pytest
+
+from ftops import data
+from ftops.config import DataSection
+from ftops.errors import DataError
+
+from conftest import write_csv
+
+
+def labelled(n=1000, shares=(0.6, 0.3, 0.1)):
+    rng = random.Random(0)
+    labels = rng.choices(["neg", "neu", "pos"], weights=shares, k=n)
+    return pd.DataFrame({"row": range(1, n + 1), "text": [f"text {i}" for i in range(n)], "label": labels})
+
+
+def test_split_is_stratified_disjoint_and_sized():
+    frame = labelled()
+    parts = data.split(frame, DataSection(validation_size=0.15, test_size=0.15))
+    rows = [set(p["row"]) for p in parts.values()]
+    assert set.union(*rows) == set(frame["row"])
+    assert sum(len(r) for r in rows) == len(frame)
+    assert abs(len(parts["validation"]) - 150) <= 1 and abs(len(parts["test"]) - 150) <= 1
+    overall = frame["label"].value_counts(normalize=True)
+    for part in parts.values():
+        share = part["label"].value_counts(normalize=True)
+        assert (share - overall).abs().max() < 0.01
+
+
+def test_split_is_deterministic_per_seed():
+    frame = labelled()
+    a = data.split(frame, DataSection(seed=1))
+    b = data.split(frame, DataSection(seed=1))
+    c = data.split(frame, DataSection(seed=2))
+    assert list(a["test"]["row"]) == list(b["test"]["row"])
+    assert list(a["test"]["row"]) != list(c["test"]["row"])
+
+
+def test_max_rows_is_a_stratified_sample():
+    frame = labelled(2000)
+    report = data.CleaningReport()
+    kept = data.subsample(frame, DataSection(max_rows=500), report)
+    assert len(kept) == 500 and report.subsampled == 1500
+    assert abs(kept["label"].value_counts(normalize=True)["pos"] - frame["label"].value_counts(normalize=True)["pos"]) < 0.01
+
+
+def test_augmentation_touches_train_only_and_is_seeded(tmp_path, project):
+    rows = [(f"the flight number {i} was late again today", "neg") for i in range(30)] + \
+           [(f"lovely crew on flight number {i} thanks", "pos") for i in range(30)]
+    path = write_csv(tmp_path / "d.csv", rows)
+    cfg = project(source=str(path), dedup="none", augment={"enabled": True, "copies": 2})
+    snap = data.prepare(cfg)
+    train = snap.split("train")
+    original = train[~train["augmented"]]
+    augmented = train[train["augmented"]]
+    assert len(augmented) == 2 * len(original)
+    assert (augmented["text"].to_numpy() != pd.concat([original, original])["text"].to_numpy()).mean() > 0.9
+    assert "augmented" not in snap.split("test").columns or not snap.split("test")["augmented"].any()
+    again = data.prepare(cfg)
+    assert again.id == snap.id  # same seed, same content, same snapshot
+
+
+def test_eda_keeps_words_of_the_text():
+    rng = random.Random(3)
+    text = "one two three four five six"
+    out = data.eda(text, rng, 0.2, 0.2, 0.2)
+    assert out != text and set(out.split()) <= set(text.split())
+
+
+def test_snapshot_manifest_hashes_and_label_map(tmp_path, project):
+    rows = [(f"row {i} negative words", "neg") for i in range(40)] + [(f"row {i} positive words", "pos") for i in range(40)]
+    cfg = project(source=str(write_csv(tmp_path / "d.csv", rows)), labels=["pos", "neg"])
+    snap = data.prepare(cfg)
+    manifest = json.loads((snap.path / "manifest.json").read_text())
+    assert manifest["id"] == snap.id and len(manifest["sha256"]) == 64
+    assert set(manifest["files"]) == {"train.parquet", "validation.parquet", "test.parquet", "labels.json"}
+    assert json.loads((snap.path / "labels.json").read_text())["label2id"] == {"pos": 0, "neg": 1}
+    assert manifest["counts"] == snap.counts and sum(snap.counts.values()) == 80
+    root = snap.path.parent
+    assert (root / "LATEST").read_text().strip() == snap.id
+    assert data.load_snapshot(root).id == snap.id
+    assert not [p for p in root.iterdir() if p.name.startswith(".tmp")]
+
+
+def test_a_modified_snapshot_is_detected(tmp_path, project):
+    rows = [(f"row {i} negative words", "neg") for i in range(40)] + [(f"row {i} positive words", "pos") for i in range(40)]
+    snap = data.prepare(project(source=str(write_csv(tmp_path / "d.csv", rows))))
+    frame = snap.split("test")
+    frame.loc[0, "label"] = "pos" if frame.loc[0, "label"] == "neg" else "neg"
+    frame.to_parquet(snap.path / "test.parquet", index=False)
+    with pytest.raises(DataError, match="test.parquet does not match its sha256"):
+        data.load_snapshot(snap.path.parent, snap.id)
+
+
+def test_a_failed_prepare_keeps_the_previous_snapshot(tmp_path, project):
+    rows = [(f"row {i} negative words", "neg") for i in range(40)] + [(f"row {i} positive words", "pos") for i in range(40)]
+    path = write_csv(tmp_path / "d.csv", rows)
+    first = data.prepare(project(source=str(path)))
+    write_csv(path, rows + [("", "neg")])
+    with pytest.raises(DataError):
+        data.prepare(project(source=str(path)))
+    assert data.load_snapshot(first.path.parent).id == first.id
