@@ -123,6 +123,90 @@ def data_corpora():
     out.print(table)
 
 
+# ---------------------------------------------------------------- train
+
+
+@app.command("train")
+def train_cmd(
+    config: ConfigOption = None,
+    candidates: Annotated[str | None, typer.Option(
+        help="Comma-separated candidate names from the config (default: all of them).")] = None,
+    snapshot: Annotated[str | None, typer.Option(
+        help="Train on this data snapshot id (default: prepare one from the config's data section).")] = None,
+    data: Annotated[str | None, typer.Option(help="Data source to prepare first (data.source).")] = None,
+    max_rows: Annotated[int | None, typer.Option(help="Stratified sample size after cleaning (data.max_rows).")] = None,
+    epochs: Annotated[float | None, typer.Option(help="Override every candidate's epochs.")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="Cap every candidate's optimizer steps (quick runs).")] = None,
+    project_dir: ProjectDirOption = None,
+):
+    """Fine-tune candidates (+ a TF-IDF baseline) on a data snapshot, tracked in MLflow."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from ftops import data as data_stage
+    from ftops import train as train_stage
+
+    cfg = _config(config, {"data.source": data, "data.max_rows": max_rows}, project_dir)
+    cfg = _override_candidates(cfg, epochs=epochs, max_steps=max_steps)
+    names = candidates.split(",") if candidates else None
+    train_stage.check_candidates(cfg, names)  # every candidate checked before any trains
+    if snapshot:
+        snap = data_stage.load_snapshot(data_stage.snapshot_root(cfg), snapshot)
+    else:
+        snap = data_stage.prepare(cfg)
+    out.print(f"[bold]train[/] snapshot {snap.id}: {snap.counts}")
+    columns = (TextColumn("{task.description:<14}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[status]}"), TimeElapsedColumn())
+    with Progress(*columns, console=out) as bars:
+        def progress_for(name):
+            task = bars.add_task(name, total=None, status="")
+
+            def report(step, total, metrics):
+                status = f"val macro-F1 {metrics['eval_macro_f1']:.3f}" if "eval_macro_f1" in metrics else None
+                bars.update(task, completed=step, total=total,
+                            **({"status": status} if status else {}))
+            return report
+
+        result = train_stage.train_round(cfg, snap, names, progress_for=progress_for)
+    print_round(result)
+
+
+def _override_candidates(cfg, **values):
+    values = {k: v for k, v in values.items() if v is not None}
+    if values:
+        cfg.candidates = [c.model_copy(update=values) for c in cfg.candidates]
+        type(cfg).model_validate(cfg.model_dump())  # re-validate the overridden values
+    return cfg
+
+
+def print_round(result) -> None:
+    base = result.baseline
+    table = Table(title=f"round {result.run_id[:8]} on snapshot {result.snapshot_id} (F1 = macro-F1)")
+    for name in ("candidate", "strategy", "train %", "val F1", "test F1", "samp/s", "wall s", "vs base"):
+        table.add_column(name, justify="left" if name in ("candidate", "strategy") else "right")
+    for res, _ in result.candidates:
+        delta = res.test_macro_f1 - base.test_macro_f1
+        colour = "green" if delta > 0 else "red"
+        table.add_row(res.candidate, res.strategy, f"{100 * res.trainable_share:.2f}",
+                      f"{res.val_macro_f1:.3f}", f"{res.test_macro_f1:.3f}",
+                      f"{res.samples_per_second:.1f}", f"{res.wall_seconds:.0f}",
+                      f"[{colour}]{delta:+.3f}[/]")
+    table.add_row("baseline", "tfidf+logreg", "-", f"{base.val_macro_f1:.3f}", f"{base.test_macro_f1:.3f}",
+                  "-", f"{base.wall_seconds:.1f}", "")
+    out.print(table)
+
+
+@app.command("strategies")
+def strategies_cmd():
+    """List the fine-tuning strategies and their params."""
+    from ftops.strategies import STRATEGIES
+
+    table = Table("strategy", "what it does", "params (defaults)")
+    for name, strategy in STRATEGIES.items():
+        defaults = ", ".join(f"{k}={f.default}" for k, f in strategy.Params.model_fields.items()) or "-"
+        table.add_row(name, strategy.description, defaults)
+    out.print(table)
+
+
 # ---------------------------------------------------------------- config, models
 
 
@@ -170,6 +254,9 @@ def demo(config: ConfigOption = None, project_dir: ProjectDirOption = None):
 
 
 def main() -> None:
+    import logging
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # its INFO lines drown the progress bars
     try:
         app()
     except FtopsError as exc:

@@ -84,6 +84,20 @@ class ModelSection(Section):
     max_length: int = Field(128, ge=8, le=4096)
 
 
+class DistillationSection(Section):
+    """Learn from the champion's soft labels too: (1-alpha) CE + alpha T^2 KL."""
+
+    temperature: float = Field(2.0, gt=0)
+    alpha: float = Field(0.5, ge=0, le=1)
+
+
+class EwcSection(Section):
+    """Elastic weight consolidation: penalise moving weights the old task relied on."""
+
+    strength: float = Field(100.0, gt=0, description="lambda of the quadratic penalty")
+    samples: int = Field(256, ge=8, description="old training rows used for the Fisher estimate")
+
+
 class CandidateSection(Section):
     """One fine-tuning candidate; `params` holds the strategy's own settings."""
 
@@ -92,6 +106,21 @@ class CandidateSection(Section):
     learning_rate: float = Field(5e-5, gt=0)
     epochs: float = Field(2, gt=0)
     batch_size: int = Field(32, ge=1)
+    gradient_accumulation: int = Field(1, ge=1)
+    weight_decay: float = Field(0.01, ge=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    warmup_share: float = Field(0.06, ge=0, lt=1)
+    scheduler: Literal["linear", "cosine", "constant_with_warmup"] = "linear"
+    early_stopping_patience: int = Field(2, ge=0, description="evaluations without gain; 0 = off")
+    evals_per_epoch: int = Field(2, ge=1)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    gradient_checkpointing: bool = False
+    group_by_length: bool = True
+    max_steps: int | None = Field(None, ge=1, description="cap on optimizer steps (quick runs)")
+    seed: int = 13
+    distillation: DistillationSection | None = None
+    ewc: EwcSection | None = None
+    rehearsal_share: float = Field(0.0, ge=0, lt=1, description="share of old data mixed into training")
     params: dict[str, Any] = {}
 
 

@@ -66,6 +66,7 @@ def build_classifier(name: str, labels: list[str]):
 
     if len(labels) < 2:
         raise ModelError(f"A classifier needs at least 2 labels; got {labels}.")
+    logging.disable_progress_bar()  # a bar per load is noise in logs and progress output
     verbosity = logging.get_verbosity()
     logging.set_verbosity_error()  # the "newly initialized head" notice is expected here
     try:

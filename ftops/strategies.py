@@ -1,0 +1,246 @@
+"""Fine-tuning strategies behind one registry, each of the same shape (as peft's tuners):
+a `Params` model (its own settings, validated before any training starts) and `prepare`,
+which adapts the model and returns its optimizer parameter groups.
+
+Adding a strategy is adding one class and one registry entry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from torch import nn
+
+from ftops.errors import ConfigError
+
+NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
+
+
+class Params(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass
+class Prepared:
+    model: nn.Module
+    param_groups: list[dict[str, Any]]
+    trainable: int
+    total: int
+    is_peft: bool = False
+
+    @property
+    def trainable_share(self) -> float:
+        return self.trainable / self.total
+
+
+class Strategy:
+    name: ClassVar[str]
+    Params: ClassVar[type[Params]] = Params
+    description: ClassVar[str]
+
+    def check(self, params: Params, num_layers: int) -> None:
+        """Raise ValueError for settings that do not fit the model (before training)."""
+
+    def prepare(self, model: nn.Module, params: Params, lr: float, weight_decay: float) -> Prepared:
+        raise NotImplementedError
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def encoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The transformer blocks of a BERT-like encoder (bert/roberta/distilbert naming)."""
+    base = getattr(model, model.base_model_prefix)
+    encoder = getattr(base, "encoder", None) or getattr(base, "transformer", None)
+    return getattr(encoder, "layer")
+
+
+def embeddings(model: nn.Module) -> nn.Module:
+    return getattr(model, model.base_model_prefix).embeddings
+
+
+def decay_groups(named: list[tuple[str, nn.Parameter]], lr: float, weight_decay: float,
+                 name: str) -> list[dict[str, Any]]:
+    """Split parameters into weight-decayed and not (biases, LayerNorm), AdamW practice."""
+    named = [(n, p) for n, p in named if p.requires_grad]
+    decayed = [p for n, p in named if not n.endswith(NO_DECAY)]
+    plain = [p for n, p in named if n.endswith(NO_DECAY)]
+    groups = [{"params": decayed, "lr": lr, "weight_decay": weight_decay, "name": name},
+              {"params": plain, "lr": lr, "weight_decay": 0.0, "name": f"{name}/no_decay"}]
+    return [g for g in groups if g["params"]]
+
+
+def count(model: nn.Module) -> tuple[int, int]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, sum(p.numel() for p in model.parameters())
+
+
+def prepared(model: nn.Module, groups: list[dict[str, Any]], is_peft: bool = False) -> Prepared:
+    trainable, total = count(model)
+    return Prepared(model, groups, trainable, total, is_peft)
+
+
+# ---------------------------------------------------------------- strategies
+
+
+class Full(Strategy):
+    name = "full"
+    description = "every weight trains"
+
+    def prepare(self, model, params, lr, weight_decay):
+        return prepared(model, decay_groups(list(model.named_parameters()), lr, weight_decay, "all"))
+
+
+class FreezeParams(Params):
+    layers: int = Field(3, ge=0, description="bottom encoder layers frozen (embeddings always)")
+
+
+class Freeze(Strategy):
+    name = "freeze"
+    Params = FreezeParams
+    description = "embeddings and the bottom N encoder layers frozen"
+
+    def check(self, params, num_layers):
+        if params.layers > num_layers:
+            raise ValueError(f"layers={params.layers} but the model has {num_layers} encoder layers")
+
+    def prepare(self, model, params, lr, weight_decay):
+        frozen = [embeddings(model), *encoder_layers(model)[: params.layers]]
+        for module in frozen:
+            module.requires_grad_(False)
+        return prepared(model, decay_groups(list(model.named_parameters()), lr, weight_decay, "unfrozen"))
+
+
+class LlrdParams(Params):
+    decay: float = Field(0.85, gt=0, le=1, description="LR multiplier per layer below the head")
+    head_lr_multiplier: float = Field(1.0, gt=0, description="discriminative LR: head vs body")
+
+
+class Llrd(Strategy):
+    """Layer-wise LR decay (Howard & Ruder 2018; Sun et al. 2019): the head gets
+    lr x head_lr_multiplier, the top encoder layer lr, each layer below lr x decay^depth,
+    the embeddings lr x decay^num_layers."""
+
+    name = "llrd"
+    Params = LlrdParams
+    description = "layer-wise learning-rate decay + discriminative head LR"
+
+    def prepare(self, model, params, lr, weight_decay):
+        layers = encoder_layers(model)
+        owned: set[int] = set()
+        groups: list[dict[str, Any]] = []
+
+        def add(module: nn.Module, group_lr: float, name: str) -> None:
+            named = [(n, p) for n, p in module.named_parameters() if id(p) not in owned]
+            owned.update(id(p) for _, p in named)
+            groups.extend(decay_groups(named, group_lr, weight_decay, name))
+
+        for depth, layer in enumerate(reversed(layers)):
+            add(layer, lr * params.decay ** depth, f"layer{len(layers) - 1 - depth}")
+        add(embeddings(model), lr * params.decay ** len(layers), "embeddings")
+        head = [(n, p) for n, p in model.named_parameters() if id(p) not in owned]
+        groups.extend(decay_groups(head, lr * params.head_lr_multiplier, weight_decay, "head"))
+        return prepared(model, groups)
+
+
+class LoraParams(Params):
+    rank: int = Field(8, ge=1, le=256)
+    alpha: float = Field(16, gt=0)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    # All linear layers of the encoder by default: "query, value" only was measured worse
+    # than a TF-IDF baseline on this model (RECIPES.md section 2).
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+
+
+class PeftStrategy(Strategy):
+    def peft_config(self, params: Params):
+        raise NotImplementedError
+
+    def prepare(self, model, params, lr, weight_decay):
+        from peft import get_peft_model
+
+        wrapped = get_peft_model(model, self.peft_config(params))
+        # task_type SEQ_CLS makes peft keep the classification head trainable.
+        return prepared(wrapped, decay_groups(list(wrapped.named_parameters()), lr, weight_decay, "peft"),
+                        is_peft=True)
+
+
+class Lora(PeftStrategy):
+    name = "lora"
+    Params = LoraParams
+    description = "low-rank adapters (peft) on every linear layer of the encoder"
+
+    def peft_config(self, params):
+        from peft import LoraConfig, TaskType
+
+        return LoraConfig(task_type=TaskType.SEQ_CLS, r=params.rank, lora_alpha=params.alpha,
+                          lora_dropout=params.dropout, target_modules=params.target_modules)
+
+
+class Ia3Params(Params):
+    target_modules: list[str] = ["key", "value", "output.dense"]
+    feedforward_modules: list[str] = ["output.dense"]
+
+
+class Ia3(PeftStrategy):
+    name = "ia3"
+    Params = Ia3Params
+    description = "IA3: learned rescaling of keys, values and feed-forward activations (peft)"
+
+    def check(self, params, num_layers):
+        extra = set(params.feedforward_modules) - set(params.target_modules)
+        if extra:
+            raise ValueError(f"feedforward_modules {sorted(extra)} must also be in target_modules")
+
+    def peft_config(self, params):
+        from peft import IA3Config, TaskType
+
+        return IA3Config(task_type=TaskType.SEQ_CLS, target_modules=params.target_modules,
+                         feedforward_modules=params.feedforward_modules)
+
+
+class PromptParams(Params):
+    virtual_tokens: int = Field(20, ge=1, le=200)
+
+
+class PromptTuning(PeftStrategy):
+    name = "prompt_tuning"
+    Params = PromptParams
+    description = "soft prompt tokens prepended to the input; encoder frozen (peft)"
+
+    def peft_config(self, params):
+        from peft import PromptTuningConfig, TaskType
+
+        return PromptTuningConfig(task_type=TaskType.SEQ_CLS, num_virtual_tokens=params.virtual_tokens)
+
+
+STRATEGIES: dict[str, Strategy] = {s.name: s for s in (Full(), Freeze(), Llrd(), Lora(), Ia3(), PromptTuning())}
+
+
+def get_strategy(name: str) -> Strategy:
+    try:
+        return STRATEGIES[name]
+    except KeyError:
+        raise ConfigError(f"Unknown strategy '{name}'. Available: {', '.join(STRATEGIES)}.") from None
+
+
+def parse_params(candidate_name: str, strategy: Strategy, params: dict[str, Any], num_layers: int) -> Params:
+    """The strategy's own settings of one candidate, or a ConfigError naming the key."""
+    try:
+        parsed = strategy.Params.model_validate(params)
+        strategy.check(parsed, num_layers)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            key = ".".join(str(p) for p in err["loc"])
+            if err["type"] == "extra_forbidden":
+                problems.append(f"unknown key '{key}'; allowed: {', '.join(strategy.Params.model_fields) or 'none'}")
+            else:
+                problems.append(f"'{key}' = {err.get('input')!r}: {err['msg']}")
+        raise ConfigError(f"Candidate '{candidate_name}' (strategy {strategy.name}): "
+                          f"params {'; '.join(problems)}.") from None
+    except ValueError as exc:
+        raise ConfigError(f"Candidate '{candidate_name}' (strategy {strategy.name}): {exc}.") from None
+    return parsed
