@@ -195,6 +195,148 @@ def print_round(result) -> None:
     out.print(table)
 
 
+# ---------------------------------------------------------------- evaluate, compare, registry
+
+SnapshotOption = Annotated[str | None, typer.Option(
+    help="Data snapshot id whose test split is used (default: the latest).")]
+
+
+def _snapshot(cfg, snapshot_id):
+    from ftops import data as data_stage
+
+    return data_stage.load_snapshot(data_stage.snapshot_root(cfg), snapshot_id)
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    model: Annotated[str, typer.Option(help="champion / challenger / previous, a version (3, v3), or a trained candidate folder.")],
+    config: ConfigOption = None, snapshot: SnapshotOption = None, project_dir: ProjectDirOption = None,
+):
+    """Metrics of one model on a snapshot's test split: overall, per class and per slice."""
+    from ftops import decide, evaluate
+
+    cfg = _config(config, project_dir=project_dir)
+    snap = _snapshot(cfg, snapshot)
+    ref = decide.resolve(cfg, model)
+    m, tok, labels = decide.load(ref)
+    pred = decide.predict(m, tok, labels, snap.split("test"), cfg.model.max_length)
+    scores = evaluate.metrics(pred)
+    head = Table(title=f"{model} on snapshot {snap.id} test split ({scores['n']} rows)")
+    for key in ("accuracy", "macro_f1", "weighted_f1", "roc_auc", "ece"):
+        head.add_column(key, justify="right")
+    head.add_row(*[_num(scores[k]) for k in ("accuracy", "macro_f1", "weighted_f1", "roc_auc", "ece")])
+    out.print(head)
+    per_class = Table("class", "precision", "recall", "f1", "support", title="per class")
+    for label, row in scores["per_class"].items():
+        per_class.add_row(label, *[_num(row[k]) for k in ("precision", "recall", "f1")], str(row["support"]))
+    out.print(per_class)
+    sliced = Table("slice", "n", "accuracy", "macro_f1", title="slices")
+    for column, values in evaluate.slices(pred).items():
+        for value, row in values.items():
+            numbers = ["skipped", ""] if "skipped" in row else [_num(row["accuracy"]), _num(row["macro_f1"])]
+            sliced.add_row(f"{column}={value}", str(row["n"]), *numbers)
+    out.print(sliced)
+
+
+def _num(value) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+@app.command("compare")
+def compare_cmd(
+    challenger: Annotated[str, typer.Option(help="Model to judge (alias, version or folder).")],
+    champion: Annotated[str | None, typer.Option(help="Model to beat (default: the registry champion, if any).")] = None,
+    protected: Annotated[str | None, typer.Option(
+        help="Comma-separated protected slices, e.g. domain or domain=airline (default: every categorical value).")] = None,
+    baseline: Annotated[bool, typer.Option(
+        "--baseline/--no-baseline", help="Also require beating the TF-IDF baseline.")] = True,
+    config: ConfigOption = None, snapshot: SnapshotOption = None, project_dir: ProjectDirOption = None,
+):
+    """A/B a challenger against the champion on the same test rows and print the decision."""
+    from ftops import decide, registry
+
+    cfg = _config(config, project_dir=project_dir)
+    snap = _snapshot(cfg, snapshot)
+    challenger_ref = decide.resolve(cfg, challenger)
+    if champion is None and registry.find(cfg, registry.CHAMPION) is not None:
+        champion = registry.CHAMPION
+    champion_ref = decide.resolve(cfg, champion) if champion else None
+    decision = decide.compare_refs(cfg, snap, challenger_ref, champion_ref,
+                                   protected.split(",") if protected else None, with_baseline=baseline)
+    folder = decide.record(cfg, decision)
+    print_decision(decision)
+    out.print(f"decision written to {folder}")
+
+
+def print_decision(decision) -> None:
+    colour = "green" if decision.outcome == "promote" else "red"
+    out.print(f"[bold {colour}]{decision.outcome.upper()}[/] {decision.summary}")
+    table = Table("rule", "value", "threshold", "pass", "detail", title="rules")
+    for rule in decision.rules:
+        table.add_row(rule.name, _num(rule.value), _num(rule.threshold),
+                      "[green]yes[/]" if rule.passed else "[red]NO[/]", rule.detail)
+    out.print(table)
+    lat = decision.context.get("latency_batch1", {})
+    if lat:
+        timing = Table("model", "p50 ms", "p99 ms", "runtime", title="batch-1 latency, same texts")
+        for name, row in lat.items():
+            timing.add_row(name, f"{row['p50_ms']:.1f}", f"{row['p99_ms']:.1f}", row["runtime"])
+        out.print(timing)
+
+
+@app.command("decide")
+def decide_cmd(
+    run_id: Annotated[str, typer.Argument(help="MLflow run id of a trained candidate (see `ftops train`).")],
+    config: ConfigOption = None, snapshot: SnapshotOption = None, project_dir: ProjectDirOption = None,
+):
+    """Register a candidate as challenger, A/B it against the champion, promote if it wins."""
+    from ftops import decide
+
+    cfg = _config(config, project_dir=project_dir)
+    decision, version = decide.decide(cfg, _snapshot(cfg, snapshot), run_id)
+    print_decision(decision)
+    out.print(f"version {version.version}: aliases {', '.join(version.aliases) or 'none'}")
+
+
+registry_app = typer.Typer(help="The model registry: versions and the champion / challenger / previous aliases.",
+                           no_args_is_help=True)
+app.add_typer(registry_app, name="registry")
+
+
+@registry_app.command("ls")
+def registry_ls(config: ConfigOption = None, project_dir: ProjectDirOption = None):
+    """Versions, newest first, with aliases, candidate, decision and data snapshot."""
+    from ftops import registry
+
+    cfg = _config(config, project_dir=project_dir)
+    table = Table("version", "aliases", "candidate", "decision", "snapshot", "run", title=f"registry: {cfg.project.name}")
+    for v in registry.versions(cfg):
+        table.add_row(v.version, ", ".join(v.aliases), v.tags.get("ftops.candidate", ""),
+                      v.tags.get(registry.TAG_DECISION, ""), v.tags.get("ftops.data_snapshot", ""), v.run_id[:8])
+    out.print(table)
+
+
+@registry_app.command("promote")
+def registry_promote(version: Annotated[str, typer.Argument(help="Version number (3 or v3) or alias.")],
+                     config: ConfigOption = None, project_dir: ProjectDirOption = None):
+    """Make a version the champion by hand; the former champion becomes `previous`."""
+    from ftops import registry
+
+    cfg = _config(config, project_dir=project_dir)
+    champion = registry.promote(cfg, version)
+    out.print(f"champion is now version {champion.version}")
+
+
+@registry_app.command("rollback")
+def registry_rollback(config: ConfigOption = None, project_dir: ProjectDirOption = None):
+    """Swap champion and previous (a second rollback undoes the first)."""
+    from ftops import registry
+
+    cfg = _config(config, project_dir=project_dir)
+    champion = registry.rollback(cfg)
+    out.print(f"champion is now version {champion.version} (rolled back)")
+
+
 @app.command("strategies")
 def strategies_cmd():
     """List the fine-tuning strategies and their params."""

@@ -324,7 +324,7 @@ def compare(challenger: Predictions, champion: Predictions | None, gates: GatesS
         boot = paired_bootstrap(y, ref.y_pred, challenger.y_pred, resamples=resamples, seed=seed,
                                 alpha=gates.alpha)
         mc = mcnemar(y, ref.y_pred, challenger.y_pred)
-        deltas = slice_deltas(challenger, ref)
+        deltas = slice_deltas(challenger, ref, alpha=gates.alpha, seed=seed)
     f1 = {k: v["macro_f1"] for k, v in scores.items() if v is not None}
     if champion is None:
         rules = [_baseline_rule(f1, boot)]
@@ -365,8 +365,10 @@ def check_same_rows(challenger: Predictions, other: Predictions, name: str) -> N
             "on the same data snapshot's test split.")
 
 
-def slice_deltas(challenger: Predictions, reference: Predictions) -> dict[str, dict]:
-    """Macro-F1 per slice of both models; slices come from the challenger's frame (same rows)."""
+def slice_deltas(challenger: Predictions, reference: Predictions, alpha: float = 0.05,
+                 resamples: int = 1000, seed: int = 0) -> dict[str, dict]:
+    """Macro-F1 per slice of both models with a paired bootstrap CI of the delta; slices
+    come from the challenger's frame (same rows)."""
     y, out = challenger.y_true, {}
     for column, masks in slice_masks(challenger.frame).items():
         for value, mask in masks.items():
@@ -374,9 +376,12 @@ def slice_deltas(challenger: Predictions, reference: Predictions) -> dict[str, d
             if "skipped" in new:
                 out[f"{column}={value}"] = new
                 continue
+            boot = paired_bootstrap(y[mask], reference.y_pred[mask], challenger.y_pred[mask],
+                                    resamples=resamples, seed=seed, alpha=alpha)
             old = slice_metrics(y, reference.y_pred, mask)["macro_f1"]
-            out[f"{column}={value}"] = {"n": new["n"], "challenger": new["macro_f1"],
-                                        "reference": old, "delta": new["macro_f1"] - old}
+            out[f"{column}={value}"] = {"n": new["n"], "challenger": new["macro_f1"], "reference": old,
+                                        "delta": new["macro_f1"] - old,
+                                        "ci_low": boot.ci_low, "ci_high": boot.ci_high}
     return out
 
 
@@ -395,16 +400,21 @@ def _significance_rule(boot: BootstrapResult, mc: McNemarResult, alpha: float) -
 
 def _slices_rule(deltas: dict[str, dict], protected: list[str] | None, tolerance: float) -> Rule:
     """No protected slice may lose more than `tolerance` macro-F1: an overall gain must not
-    hide a regression for one group of users. Default: every categorical column's values."""
+    hide a regression for one group of users. A slice fails when its drop is beyond the
+    tolerance AND its paired bootstrap CI lies below 0: a 200-row slice's macro-F1 moves by
+    about +-0.03 between equally good models, so the point estimate alone would reject
+    good challengers by chance. Default: every categorical column's values."""
     keys, absent = _protected_keys(deltas, protected)
-    checked = {k: deltas[k]["delta"] for k in keys if "delta" in deltas[k]}
-    failing = [f"{k} ({d:+.4f})" for k, d in checked.items() if d < -tolerance]
+    checked = {k: deltas[k] for k in keys if "delta" in deltas[k]}
+    failing = [f"{k} ({d['delta']:+.4f}, CI [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}])"
+               for k, d in checked.items() if d["delta"] < -tolerance and d["ci_high"] < 0]
     notes = [f"failing: {', '.join(failing)}" if failing else f"{len(checked)} slices checked"]
     if skipped := [k for k in keys if "delta" not in deltas[k]]:
         notes.append(f"skipped (under {MIN_SLICE_ROWS} rows): {', '.join(skipped)}")
     if absent:
         notes.append(f"not present: {', '.join(absent)}")
-    return Rule("slices", not failing, min(checked.values(), default=None), -tolerance, "; ".join(notes))
+    worst = min((d["delta"] for d in checked.values()), default=None)
+    return Rule("slices", not failing, worst, -tolerance, "; ".join(notes))
 
 
 def _protected_keys(deltas: dict[str, dict], protected: list[str] | None) -> tuple[list[str], list[str]]:

@@ -1,0 +1,167 @@
+"""Champion / challenger A/B on the same held-out rows, recorded and acted on.
+
+Wiring between trained models (local folders or registry versions), the pure statistics
+of ftops.evaluate and the registry: predict both models on the same snapshot's test
+split, compare, time both at batch 1, write the decision (JSON + Markdown) to MLflow and
+the project folder, tag the version, and promote on "promote".
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ftops import evaluate, registry
+from ftops.config import Config
+from ftops.errors import FtopsError
+
+LATENCY_TEXTS = 200
+
+
+@dataclass
+class ModelRef:
+    """A model the A/B can load: a registry version or a trained candidate folder."""
+
+    label: str            # how the user named it (champion, v3, a path)
+    folder: Path          # holds model/ (ftops.train layout)
+    version: str | None   # registry version, when it is one
+
+
+def resolve(config: Config, ref: str) -> ModelRef:
+    """`champion` / `challenger` / `previous`, `3` / `v3`, or a trained candidate folder."""
+    path = Path(ref).expanduser()
+    if (path / "model" / "ftops.json").is_file():
+        return ModelRef(ref, path, None)
+    if (path / "ftops.json").is_file():
+        return ModelRef(ref, path.parent, None)
+    if ref in registry.ALIASES or ref.removeprefix("v").isdigit():
+        version = registry.get(config, ref)
+        return ModelRef(ref, registry.download(config, version.version), version.version)
+    raise FtopsError(f"Cannot find model '{ref}': not a registry alias ({', '.join(registry.ALIASES)}), "
+                     "not a version number, and not a trained candidate folder (with model/ftops.json).")
+
+
+def load(ref: ModelRef):
+    from ftops.train import load_trained
+
+    model, tokenizer, labels = load_trained(ref.folder)
+    if hasattr(model, "merge_and_unload"):
+        try:
+            model = model.merge_and_unload()  # faster inference; same function
+        except Exception:  # prompt tuning has nothing to merge
+            pass
+    return model.eval(), tokenizer, labels
+
+
+def predict(model, tokenizer, labels: list[str], frame: pd.DataFrame, max_length: int,
+            batch_size: int = 64) -> evaluate.Predictions:
+    """Softmax probabilities in fp32, batches sorted by length (less padding, same result)."""
+    import torch
+
+    texts = list(frame["text"])
+    order = np.argsort([len(t) for t in texts], kind="stable")
+    probs = np.zeros((len(texts), len(labels)), dtype=np.float64)
+    with torch.inference_mode():
+        for start in range(0, len(texts), batch_size):
+            idx = order[start:start + batch_size]
+            batch = tokenizer([texts[i] for i in idx], padding=True, truncation=True,
+                              max_length=max_length, return_tensors="pt")
+            probs[idx] = torch.softmax(model(**batch).logits.float(), dim=-1).numpy()
+    label2id = {label: i for i, label in enumerate(labels)}
+    y_true = frame["label"].map(label2id).to_numpy()
+    return evaluate.Predictions(labels, y_true, probs, frame.reset_index(drop=True))
+
+
+def latency(models: dict[str, tuple], texts: list[str], max_length: int) -> dict[str, dict[str, float]]:
+    """Batch-1 p50/p99 in ms of each model on the same texts, interleaved so that machine
+    noise hits every model alike."""
+    import torch
+
+    timings: dict[str, list[float]] = {name: [] for name in models}
+    with torch.inference_mode():
+        for text in texts[:5]:  # warm-up
+            for model, tokenizer in models.values():
+                model(**tokenizer([text], truncation=True, max_length=max_length, return_tensors="pt"))
+        for text in texts:
+            for name, (model, tokenizer) in models.items():
+                started = time.perf_counter()
+                model(**tokenizer([text], truncation=True, max_length=max_length, return_tensors="pt"))
+                timings[name].append(1000 * (time.perf_counter() - started))
+    return {name: {"p50_ms": float(np.percentile(t, 50)), "p99_ms": float(np.percentile(t, 99)),
+                   "n": len(t), "runtime": "pytorch"} for name, t in timings.items()}
+
+
+def baseline_predictions(snapshot, frame: pd.DataFrame) -> evaluate.Predictions:
+    from ftops.train import fit_baseline
+
+    pipeline = fit_baseline(snapshot).pipeline
+    classes = list(pipeline.classes_)
+    probs = pipeline.predict_proba(frame["text"])[:, [classes.index(l) for l in snapshot.labels]]
+    label2id = {label: i for i, label in enumerate(snapshot.labels)}
+    return evaluate.Predictions(snapshot.labels, frame["label"].map(label2id).to_numpy(), probs,
+                                frame.reset_index(drop=True))
+
+
+def compare_refs(config: Config, snapshot, challenger: ModelRef, champion: ModelRef | None,
+                 protected: list[str] | None = None, with_baseline: bool = True) -> evaluate.Decision:
+    """Both models (and the baseline) on the snapshot's test split; batch-1 latency of both."""
+    test = snapshot.split("test")
+    max_length = config.model.max_length
+    loaded = {"challenger": load(challenger)}
+    if champion is not None:
+        loaded["champion"] = load(champion)
+    for name, (_, _, labels) in loaded.items():
+        if labels != snapshot.labels:
+            raise FtopsError(f"The {name} predicts labels {labels} but snapshot {snapshot.id} has "
+                             f"{snapshot.labels}: they cannot be compared on the same rows.")
+    preds = {name: predict(m, t, l, test, max_length) for name, (m, t, l) in loaded.items()}
+    base = baseline_predictions(snapshot, test) if with_baseline else None
+    decision = evaluate.compare(preds["challenger"], preds.get("champion"), config.gates,
+                                protected=protected, baseline=base)
+    texts = list(test["text"].sample(n=min(LATENCY_TEXTS, len(test)), random_state=0))
+    decision.context.update({
+        "snapshot": snapshot.id,
+        "challenger": challenger.version or str(challenger.folder),
+        "champion": None if champion is None else champion.version or str(champion.folder),
+        "latency_batch1": latency({n: (m, t) for n, (m, t, _) in loaded.items()}, texts, max_length),
+    })
+    return decision
+
+
+def record(config: Config, decision: evaluate.Decision, run_id: str | None = None,
+           version: str | None = None) -> Path:
+    """Write decision.json + decision.md under the project and, when known, to the
+    challenger's MLflow run and registry version."""
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S-%f")
+    folder = config.resolved().project.dir / "decisions" / stamp
+    decision.write(folder)
+    if run_id is not None:
+        client = registry.client(config)
+        client.log_artifact(run_id, str(folder / "decision.json"), "decision")
+        client.log_artifact(run_id, str(folder / "decision.md"), "decision")
+        client.set_tag(run_id, registry.TAG_DECISION, decision.outcome)
+    if version is not None:
+        registry.tag_decision(config, version, decision.outcome, decision.summary)
+    return folder
+
+
+def decide(config: Config, snapshot, run_id: str, protected: list[str] | None = None,
+           promote: bool = True) -> tuple[evaluate.Decision, registry.Version]:
+    """Register a candidate run as the challenger, A/B it against the champion (or, for the
+    first model, the baseline) and record the decision. With promote=False the caller moves
+    the alias later (after the serving gates)."""
+    version = registry.register(config, run_id)
+    registry.set_alias(config, registry.CHALLENGER, version.version)
+    challenger = ModelRef(f"v{version.version}", registry.download(config, version.version), version.version)
+    current = registry.find(config, registry.CHAMPION)
+    champion = None if current is None else ModelRef("champion", registry.download(config, current.version), current.version)
+    decision = compare_refs(config, snapshot, challenger, champion, protected)
+    record(config, decision, run_id, version.version)
+    if promote and decision.outcome == "promote":
+        version = registry.promote(config, version.version)
+    return decision, version

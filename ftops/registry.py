@@ -1,0 +1,165 @@
+"""The MLflow model registry: versions, the aliases champion / challenger / previous, and
+rollback as one call.
+
+One registered model per project. A version's source is the candidate's `model/` artifact
+folder (full weights, or the adapter + base model name); lineage tags are copied from its
+training run, and the decision that judged it is attached as tags + artifact.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from ftops import tracking
+from ftops.config import Config
+from ftops.errors import FtopsError
+
+CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
+ALIASES = (CHAMPION, CHALLENGER, PREVIOUS)
+TAG_DECISION = "ftops.decision"
+TAG_DECISION_SUMMARY = "ftops.decision_summary"
+TAG_ROLLED_BACK = "ftops.rolled_back"
+
+
+class RegistryError(FtopsError):
+    pass
+
+
+@dataclass
+class Version:
+    name: str
+    version: str
+    run_id: str
+    source: str
+    aliases: list[str]
+    tags: dict[str, str]
+    created: int
+
+    @property
+    def ref(self) -> str:
+        return f"models:/{self.name}/{self.version}"
+
+
+def client(config: Config):
+    from mlflow import MlflowClient
+
+    tracking.use_project(config)
+    return MlflowClient()
+
+
+def model_name(config: Config) -> str:
+    return config.project.name
+
+
+def _version(mv) -> Version:
+    return Version(mv.name, str(mv.version), mv.run_id, mv.source, list(mv.aliases or []),
+                   dict(mv.tags or {}), int(mv.creation_timestamp or 0))
+
+
+def register(config: Config, run_id: str, extra_tags: dict[str, str] | None = None) -> Version:
+    """A new version from a candidate run's `model/` artifacts, with the run's lineage tags."""
+    from mlflow.exceptions import MlflowException
+
+    mlflow_client = client(config)
+    name = model_name(config)
+    try:
+        mlflow_client.get_registered_model(name)
+    except MlflowException:
+        mlflow_client.create_registered_model(name, description=f"ftops project {name}")
+    run = mlflow_client.get_run(run_id)
+    tags = {k: v for k, v in run.data.tags.items() if k.startswith("ftops.")}
+    tags.update(extra_tags or {})
+    mv = mlflow_client.create_model_version(name, source=f"{run.info.artifact_uri}/model",
+                                            run_id=run_id, tags=tags)
+    return _version(mlflow_client.get_model_version(name, mv.version))
+
+
+def get(config: Config, ref: str) -> Version:
+    """A version by alias (champion, challenger, previous) or number (3 or v3)."""
+    from mlflow.exceptions import MlflowException
+
+    mlflow_client = client(config)
+    name = model_name(config)
+    try:
+        if ref in ALIASES:
+            return _version(mlflow_client.get_model_version_by_alias(name, ref))
+        return _version(mlflow_client.get_model_version(name, ref.removeprefix("v")))
+    except MlflowException:
+        raise RegistryError(f"No model version '{ref}' in the registry of '{name}' "
+                            f"({config.resolved().uris.mlflow_tracking}). See `ftops registry ls`.") from None
+
+
+def find(config: Config, alias: str) -> Version | None:
+    try:
+        return get(config, alias)
+    except RegistryError:
+        return None
+
+
+def versions(config: Config) -> list[Version]:
+    from mlflow.exceptions import MlflowException
+
+    mlflow_client = client(config)
+    try:
+        found = mlflow_client.search_model_versions(f"name = '{model_name(config)}'")
+    except MlflowException:
+        return []
+    return sorted((_version(v) for v in found), key=lambda v: int(v.version), reverse=True)
+
+
+def set_alias(config: Config, alias: str, version: str) -> None:
+    client(config).set_registered_model_alias(model_name(config), alias, version)
+
+
+def promote(config: Config, version: str) -> Version:
+    """champion -> version; the former champion becomes `previous` (one-call rollback)."""
+    mlflow_client = client(config)
+    name = model_name(config)
+    target = get(config, version)
+    current = find(config, CHAMPION)
+    if current is not None and current.version == target.version:
+        return target
+    if current is not None:
+        mlflow_client.set_registered_model_alias(name, PREVIOUS, current.version)
+    mlflow_client.set_registered_model_alias(name, CHAMPION, target.version)
+    if CHALLENGER in target.aliases:
+        mlflow_client.delete_registered_model_alias(name, CHALLENGER)
+    return get(config, CHAMPION)
+
+
+def rollback(config: Config) -> Version:
+    """Swap champion and previous: the previous champion serves again, and a second
+    rollback undoes the first."""
+    mlflow_client = client(config)
+    name = model_name(config)
+    current, previous = find(config, CHAMPION), find(config, PREVIOUS)
+    if previous is None:
+        raise RegistryError(f"Nothing to roll back to: '{name}' has no '{PREVIOUS}' version. "
+                            "A rollback needs an earlier promotion.")
+    mlflow_client.set_registered_model_alias(name, CHAMPION, previous.version)
+    if current is not None:
+        mlflow_client.set_registered_model_alias(name, PREVIOUS, current.version)
+        mlflow_client.set_model_version_tag(name, current.version, TAG_ROLLED_BACK, "true")
+    return get(config, CHAMPION)
+
+
+def tag_decision(config: Config, version: str, outcome: str, summary: str) -> None:
+    mlflow_client = client(config)
+    mlflow_client.set_model_version_tag(model_name(config), version, TAG_DECISION, outcome)
+    mlflow_client.set_model_version_tag(model_name(config), version, TAG_DECISION_SUMMARY, summary[:5000])
+
+
+def download(config: Config, ref: str, dest: Path | None = None) -> Path:
+    """A local candidate folder (`<dest>/model/...`) for a version, loadable by
+    ftops.train.load_trained."""
+    import mlflow
+
+    version = get(config, ref)
+    dest = Path(dest or tempfile.mkdtemp(prefix=f"ftops-v{version.version}-"))
+    target = dest / "model"
+    if not (target / "ftops.json").is_file():
+        tracking.use_project(config)
+        mlflow.artifacts.download_artifacts(artifact_uri=version.ref, dst_path=str(target))
+    return dest
