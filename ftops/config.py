@@ -133,16 +133,28 @@ class GatesSection(Section):
 
 
 class ServingSection(Section):
+    """Triton and the gateway. Ports 0 mean: pick free ones at start (tests, parallel runs)."""
+
     runtime: Literal["python_onnxruntime", "onnxruntime_onnx"] = "python_onnxruntime"
     host: str = "127.0.0.1"
-    http_port: int = Field(8000, ge=1, le=65535)
-    grpc_port: int = Field(8001, ge=1, le=65535)
-    metrics_port: int = Field(8002, ge=1, le=65535)
-    gateway_port: int = Field(8080, ge=1, le=65535)
-    instances: int | None = Field(None, ge=1)
-    threads: int | None = Field(None, ge=1)
-    max_queue_delay_us: int = Field(0, ge=0)
+    http_port: int = Field(8000, ge=0, le=65535)
+    grpc_port: int = Field(8001, ge=0, le=65535)
+    metrics_port: int = Field(8002, ge=0, le=65535)
+    gateway_port: int = Field(8080, ge=0, le=65535)
+    protocol: Literal["grpc", "http"] = "grpc"
+    instances: int | None = Field(None, ge=1, description="classifier instances; default cores // threads")
+    threads: int | None = Field(None, ge=1, description="onnxruntime threads per instance; default 1")
+    batching: bool = True
+    max_queue_delay_us: int = Field(500, ge=0)
+    bucket_size: int = Field(8, ge=1, description="texts per length-sorted bucket inside a batch")
+    max_batch_size: int = Field(64, ge=1)
+    max_text_bytes: int = Field(65536, ge=1)
+    request_timeout_s: float = Field(30.0, gt=0)
     load_concurrency: int = Field(4, ge=1)
+    load_requests: int = Field(1500, ge=10)
+    load_warmup: int = Field(100, ge=0)
+    max_error_rate: float = Field(0.0, ge=0, le=1)
+    ready_timeout_s: float = Field(60.0, gt=0)
 
 
 class MonitoringSection(Section):

@@ -1,0 +1,195 @@
+"""The real `tritonserver` process (from the nvidia-pytriton wheel in the serving venv):
+start on 127.0.0.1 with explicit model control, poll readiness, stop by PID.
+
+State lives in `<project>/triton/server.json` (pid, ports, log). A state file whose pid is
+gone, or is no longer a tritonserver, is stale and removed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from ftops.config import Config
+from ftops.serve.repository import ServingError
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+SERVING_VENV = Path(os.environ.get("FTOPS_SERVING_VENV", ROOT / ".venv-serving"))
+EXIT_TIMEOUT_S = 5
+
+
+@dataclass
+class ServerInfo:
+    pid: int
+    host: str
+    http_port: int
+    grpc_port: int
+    metrics_port: int
+    repository: str
+    log: str
+
+    @property
+    def http_url(self) -> str:
+        return f"{self.host}:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{self.host}:{self.grpc_port}"
+
+    def url(self, protocol: str) -> str:
+        return self.grpc_url if protocol == "grpc" else self.http_url
+
+
+def triton_home() -> Path:
+    found = sorted(SERVING_VENV.glob("lib/python3*/site-packages/pytriton/tritonserver"))
+    if not found or not (found[0] / "bin" / "tritonserver").is_file():
+        raise ServingError(f"No tritonserver in the serving venv {SERVING_VENV}. Run `make setup`.")
+    return found[0]
+
+
+def state_dir(config: Config) -> Path:
+    return config.resolved().project.dir / "triton"
+
+
+def repository_dir(config: Config) -> Path:
+    return state_dir(config) / "repository"
+
+
+def _state_file(config: Config) -> Path:
+    return state_dir(config) / "server.json"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"tritonserver" in cmdline and not Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
+
+
+def status(config: Config) -> ServerInfo | None:
+    """The running server of this project, or None (a stale state file is removed)."""
+    path = _state_file(config)
+    if not path.is_file():
+        return None
+    info = ServerInfo(**json.loads(path.read_text()))
+    if not _alive(info.pid):
+        path.unlink(missing_ok=True)
+        return None
+    return info
+
+
+def ready(info: ServerInfo, timeout: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://{info.http_url}/v2/health/ready", timeout=timeout) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
+
+
+def _environment() -> dict[str, str]:
+    """The serving venv first on PATH: the backend stub's embedded python (Debian's
+    libpython 3.11, the same the serving venv was built from) then finds its numpy<2."""
+    env = dict(os.environ)
+    env["PATH"] = f"{SERVING_VENV / 'bin'}:{env.get('PATH', '')}"
+    env["VIRTUAL_ENV"] = str(SERVING_VENV)
+    env.pop("PYTHONHOME", None)
+    env.pop("PYTHONPATH", None)
+    return env
+
+
+def start(config: Config) -> ServerInfo:
+    """Start (or return the already running) server; raises with the log tail on failure."""
+    running = status(config)
+    if running is not None:
+        return running
+    cfg = config.serving
+    home = triton_home()
+    stub = home / "backends" / "python" / "triton_python_backend_stub"
+    if not stub.is_file():
+        raise ServingError(f"The python backend stub is missing from {stub.parent}. Run `make setup`.")
+    folder = state_dir(config)
+    repo = repository_dir(config)
+    repo.mkdir(parents=True, exist_ok=True)
+    ports = [cfg.http_port or free_port(cfg.host), cfg.grpc_port or free_port(cfg.host),
+             cfg.metrics_port or free_port(cfg.host)]
+    log = folder / "server.log"
+    command = [
+        str(home / "bin" / "tritonserver"), f"--model-repository={repo}",
+        f"--backend-directory={home / 'backends'}", f"--cache-directory={home / 'caches'}",
+        "--model-control-mode=explicit", "--strict-readiness=true",
+        f"--http-address={cfg.host}", f"--grpc-address={cfg.host}", f"--metrics-address={cfg.host}",
+        f"--http-port={ports[0]}", f"--grpc-port={ports[1]}", f"--metrics-port={ports[2]}",
+        "--allow-gpu-metrics=false", "--pinned-memory-pool-byte-size=0",
+        f"--exit-timeout-secs={EXIT_TIMEOUT_S}", "--metrics-config=summary_latencies=true",
+        "--log-verbose=0",
+    ]
+    with open(log, "ab") as handle:
+        proc = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=_environment(),
+                                cwd=folder, start_new_session=True)
+    info = ServerInfo(proc.pid, cfg.host, *ports, str(repo), str(log))
+    _state_file(config).write_text(json.dumps(asdict(info)))
+    deadline = time.monotonic() + cfg.ready_timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            _state_file(config).unlink(missing_ok=True)
+            raise ServingError(f"tritonserver exited with code {proc.returncode} at start. "
+                               f"Last log lines ({log}):\n{tail(log)}")
+        if ready(info):
+            return info
+        time.sleep(0.25)
+    stop(config)
+    raise ServingError(f"tritonserver was not ready within {cfg.ready_timeout_s:.0f} s "
+                       f"(serving.ready_timeout_s). Last log lines ({log}):\n{tail(log)}")
+
+
+def stop(config: Config) -> bool:
+    """SIGTERM, then SIGKILL after the exit timeout; True if a server was stopped."""
+    info = status(config)
+    if info is None:
+        return False
+    try:
+        os.killpg(info.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    deadline = time.monotonic() + EXIT_TIMEOUT_S + 10
+    while time.monotonic() < deadline and _alive(info.pid):
+        _reap(info.pid)
+        time.sleep(0.1)
+    if _alive(info.pid):
+        try:
+            os.killpg(info.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        time.sleep(0.2)
+        _reap(info.pid)
+    _state_file(config).unlink(missing_ok=True)
+    return True
+
+
+def _reap(pid: int) -> None:
+    """Collect our own child's exit status so it does not linger as a zombie."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def tail(path: Path | str, lines: int = 20) -> str:
+    try:
+        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"

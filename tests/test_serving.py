@@ -1,0 +1,245 @@
+"""Triton serving against the real tritonserver (nvidia-pytriton binary, python backend)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ftops.config import Config, ServingSection
+from ftops.serve import deploy, loadtest, repository, server
+from ftops.serve.client import TritonClient
+from ftops.serve.repository import Deployable, ServingError
+
+TEXTS = ["@united thanks for the lovely crew", "my bag is lost AGAIN", "Flight delayed 3 hours. Great.",
+         "ok", "café ☕ and 😀 on board", "东京 flight was fine", "x " * 300, "a\tb\nc"] * 8
+
+
+def make_export(folder: Path, seed: int) -> Path:
+    """A tiny random BERT exported to ONNX with the real MiniLM tokenizer: a real export
+    folder layout in a second."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from ftops.models import resolve_model
+
+    torch.manual_seed(seed)
+    model = BertForSequenceClassification(BertConfig(
+        vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, num_labels=3, max_position_embeddings=128)).eval()
+    (folder / "fp32").mkdir(parents=True)
+    ids = torch.ones(2, 8, dtype=torch.long)
+    axes = {k: {0: "batch", 1: "sequence"} for k in ("input_ids", "attention_mask", "token_type_ids")}
+    torch.onnx.export(model, (ids, ids, torch.zeros_like(ids)), str(folder / "fp32" / "model.onnx"),
+                      input_names=list(axes), output_names=["logits"],
+                      dynamic_axes={**axes, "logits": {0: "batch"}}, opset_version=17, dynamo=False)
+    shutil.copy(resolve_model("minilm-l6") / "tokenizer.json", folder / "tokenizer.json")
+    (folder / "labels.json").write_text(json.dumps(["negative", "neutral", "positive"]))
+    (folder / "export.json").write_text(json.dumps({
+        "selected": "fp32", "max_length": 96,
+        "variants": {"fp32": {"offered": True, "batch_invariant": True}}}))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory):
+    root = tmp_path_factory.mktemp("exports")
+    return [make_export(root / f"e{i}", seed=i) for i in range(4)]
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    root = tmp_path_factory.mktemp("serving")
+    cfg = Config.model_validate({
+        "project": {"dir": str(root), "name": "svc"},
+        "gates": {"p99_ms": 5000},
+        "serving": {"http_port": 0, "grpc_port": 0, "metrics_port": 0, "load_requests": 150,
+                    "load_warmup": 10, "load_concurrency": 4},
+    })
+    info = server.start(cfg)
+    yield cfg, info
+    assert server.stop(cfg)
+    time.sleep(0.3)
+    assert not Path(f"/proc/{info.pid}").exists() or b"tritonserver" not in Path(f"/proc/{info.pid}/cmdline").read_bytes()
+    assert server.status(cfg) is None
+
+
+# ------------------------------------------------------------ repository (no server)
+
+
+def test_python_runtime_config_is_ragged_and_within_the_cores(exports):
+    model = Deployable.from_export(exports[0])
+    text = repository.PythonOnnxRuntime().classifier_config("c", ServingSection(), model)
+    instances, threads = repository.default_instances(ServingSection())
+    assert instances * threads <= (os.cpu_count() or 1)
+    assert "allow_ragged_batch: true" in text and "dynamic_batching" in text
+    assert 'key: "bucket_size" value: { string_value: "8" }' in text
+    off = repository.PythonOnnxRuntime().classifier_config("c", ServingSection(batching=False), model)
+    assert "allow_ragged_batch" not in off and "dynamic_batching" not in off
+
+
+def test_a_batch_variant_dependent_model_runs_text_by_text(exports):
+    model = Deployable.from_export(exports[0])
+    model.batch_invariant = False
+    text = repository.PythonOnnxRuntime().classifier_config("c", ServingSection(), model)
+    assert 'key: "bucket_size" value: { string_value: "1" }' in text
+    with pytest.raises(ServingError, match="not batch-invariant"):
+        repository.OnnxRuntimeBackend().classifier_config("c", ServingSection(), model)
+
+
+def test_onnxruntime_backend_runtime_writes_platform_and_postprocess(exports, tmp_path):
+    cfg = ServingSection(runtime="onnxruntime_onnx")
+    names = repository.write_version(tmp_path, "p", "v1", Deployable.from_export(exports[0]), cfg)
+    assert 'platform: "onnxruntime_onnx"' in (tmp_path / names.classifier / "config.pbtxt").read_text()
+    assert (tmp_path / names.postprocess / "1" / "model.py").is_file()
+    assert names.postprocess in (tmp_path / names.ensemble / "config.pbtxt").read_text()
+
+
+def test_an_export_without_a_passing_variant_is_refused(tmp_path, exports):
+    shutil.copytree(exports[0], tmp_path / "e")
+    (tmp_path / "e" / "export.json").write_text(json.dumps({"selected": None, "max_length": 64, "variants": {}}))
+    with pytest.raises(ServingError, match="no variant passed the export gate"):
+        Deployable.from_export(tmp_path / "e")
+
+
+def test_a_stale_state_file_is_removed(tmp_path):
+    cfg = Config.model_validate({"project": {"dir": str(tmp_path)}})
+    server.state_dir(cfg).mkdir(parents=True)
+    (server.state_dir(cfg) / "server.json").write_text(json.dumps({
+        "pid": 999999, "host": "127.0.0.1", "http_port": 1, "grpc_port": 2, "metrics_port": 3,
+        "repository": "/x", "log": "/x"}))
+    assert server.status(cfg) is None
+    assert not (server.state_dir(cfg) / "server.json").exists()
+
+
+# ------------------------------------------------------------ the real server
+
+
+def test_deploy_answers_equal_the_exported_model(project, exports):
+    cfg, info = project
+    result = deploy.deploy(cfg, exports[0], TEXTS)
+    assert result.outcome == "promoted", result.reason
+    assert result.smoke["alone_label_agreement"] == 1.0 and result.smoke["batched_max_prob_diff"] <= 1e-5
+    name = deploy.champion_model(cfg)
+    reference = deploy.reference_probs(Deployable.from_export(exports[0]), TEXTS)
+    results = {}
+    with TritonClient(info.grpc_url) as grpc_client, TritonClient(info.http_url, "http") as http_client:
+        results["grpc alone"] = grpc_client.classify(TEXTS, name, batch_size=1)
+        results["grpc batched"] = grpc_client.classify(TEXTS, name, batch_size=16)
+        results["http batched"] = http_client.classify(TEXTS, name, batch_size=7)
+    concurrent: list = [None] * len(TEXTS)
+
+    def one(i):
+        with TritonClient(info.grpc_url) as c:
+            concurrent[i] = c.classify([TEXTS[i]], name)[0]
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(TEXTS))]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    results["concurrent"] = concurrent
+    for way, preds in results.items():
+        probs = np.array([p.probs for p in preds])
+        assert np.abs(probs - reference).max() <= 1e-5, way
+        assert [p.label for p in preds] == [["negative", "neutral", "positive"][i] for i in reference.argmax(1)], way
+
+
+@pytest.mark.parametrize("bad, message", [
+    ("", "text 0 is empty"),
+    (b"\xff\xfe bad", "not valid UTF-8"),
+    ("y" * 1_000_000, "the limit is 65536"),
+])
+def test_bad_requests_get_clear_errors_and_the_model_survives(project, exports, bad, message):
+    cfg, info = project
+    name = deploy.champion_model(cfg)
+    with TritonClient(info.grpc_url) as client:
+        with pytest.raises(ServingError, match=message):
+            client.classify([bad], name)
+        assert client.classify(["still serving"], name)[0].label in ("negative", "neutral", "positive")
+
+
+def test_wrong_tensor_name_and_unknown_model_are_clear(project):
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    cfg, info = project
+    name = deploy.champion_model(cfg)
+    with TritonClient(info.grpc_url) as client:
+        tensor = grpcclient.InferInput("TXT", [1, 1], "BYTES")
+        tensor.set_data_from_numpy(np.array([[b"hi"]], dtype=object))
+        with pytest.raises(InferenceServerException, match="TXT"):
+            client.client.infer(name, [tensor])
+        with pytest.raises(ServingError, match="not loaded"):
+            client.classify(["hi"], "no-such-model")
+    with pytest.raises(ServingError, match="not reachable"):
+        TritonClient("127.0.0.1:1", timeout_s=2).classify(["hi"], name)
+
+
+def test_hot_swap_under_load_loses_no_request(project, exports):
+    cfg, info = project
+    stop = threading.Event()
+    counts = {"ok": 0, "failed": []}
+
+    def generator():
+        with TritonClient(info.grpc_url) as client:
+            while not stop.is_set():
+                name = deploy.champion_model(cfg)  # follows the route, as the gateway does
+                try:
+                    client.classify(["the flight was fine"], name)
+                    counts["ok"] += 1
+                except Exception as exc:
+                    counts["failed"].append(str(exc))
+
+    thread = threading.Thread(target=generator)
+    thread.start()
+    try:
+        for export in exports[1:3]:
+            assert deploy.deploy(cfg, export, TEXTS).outcome == "promoted"
+    finally:
+        stop.set()
+        thread.join()
+    assert counts["ok"] > 50 and counts["failed"] == []
+    routes = deploy.routing(cfg)
+    assert routes["champion"].export == str(exports[2]) and routes["previous"].export == str(exports[1])
+    with TritonClient(info.grpc_url) as client:
+        first = repository.ModelNames.for_tag("svc", deploy.tag_for(Deployable.from_export(exports[0]), None))
+        assert not client.ready(first.ensemble)  # older than previous: unloaded
+
+
+def test_a_candidate_missing_the_p99_slo_is_not_promoted(project, exports):
+    cfg, info = project
+    before = deploy.routing(cfg)["champion"]
+    strict = cfg.model_copy(update={"gates": cfg.gates.model_copy(update={"p99_ms": 0.01})})
+    result = deploy.deploy(strict, exports[3], TEXTS)
+    assert result.outcome == "rejected" and "p99" in result.reason and "gates.p99_ms" in result.reason
+    assert deploy.routing(cfg)["champion"] == before
+    with TritonClient(info.grpc_url) as client:
+        assert not client.ready(result.route.ensemble)
+        assert client.classify(["still the champion"], before.ensemble)
+    assert not (Path(info.repository) / result.route.ensemble).exists()
+    assert Path(result.histogram).stat().st_size > 1000
+
+
+def test_rollback_routes_back_and_a_second_undoes_it(project, exports):
+    cfg, info = project
+    routes = deploy.routing(cfg)
+    champion, previous = routes["champion"], routes["previous"]
+    assert deploy.rollback(cfg) == previous
+    assert deploy.routing(cfg)["previous"] == champion
+    with TritonClient(info.grpc_url) as client:
+        assert client.classify(["hello"], deploy.champion_model(cfg))
+    assert deploy.rollback(cfg) == champion
+
+
+def test_loadtest_reports_and_cross_checks_with_the_server(project):
+    cfg, info = project
+    result = loadtest.run(info.grpc_url, deploy.champion_model(cfg), TEXTS, concurrency=2, requests=100, warmup=5)
+    assert result.requests == 100 and result.errors == 0
+    assert result.p50_ms <= result.p95_ms <= result.p99_ms
+    assert 0 < result.server_avg_ms < result.p99_ms  # the server's own view is below the client's tail
+    assert result.throughput > 0
