@@ -261,3 +261,36 @@ def reload_routes(config: Config) -> dict[str, str]:
                 client.client.load_model(route.ensemble)
             loaded[role] = route.ensemble
     return loaded
+
+
+def stage(config: Config, export_dir: Path, texts: list[str], version: str | None = None,
+          variant: str | None = None) -> Route:
+    """Load a version as the `challenger` route (smoke-tested, not promoted): the gateway's
+    A/B split and shadow policies send traffic to it."""
+    info = server.status(config)
+    if info is None:
+        raise ServingError("Triton is not running for this project. Start it with `ftops serve up`.")
+    model = Deployable.from_export(export_dir, variant)
+    tag = tag_for(model, version)
+    names = write_version(Path(info.repository), config.project.name, tag, model, config.serving)
+    route = Route(tag, names.ensemble, version, str(export_dir), model.variant)
+    url = info.url(config.serving.protocol)
+    with TritonClient(url, config.serving.protocol, config.serving.request_timeout_s) as client:
+        client.client.load_model(names.ensemble)
+        check = smoke(client, names.ensemble, model, texts[:SMOKE_TEXTS])
+        if not check["passed"]:
+            _discard(client, Path(info.repository), names)
+            raise ServingError(f"Challenger {names.ensemble} answers differently from its export: {check}")
+    routes = routing(config)
+    routes["challenger"] = route
+    _save_routing(config, routes)
+    if version is not None:
+        registry.set_alias(config, registry.CHALLENGER, version)
+    return route
+
+
+def unstage(config: Config) -> None:
+    """Drop the challenger route (its models stay loaded until the next deploy clears them)."""
+    routes = routing(config)
+    if routes.pop("challenger", None) is not None:
+        _save_routing(config, routes)
