@@ -439,11 +439,24 @@ def _sha256(path: Path) -> str:
 # ---------------------------------------------------------------- the stage
 
 
-def prepare(config: Config) -> Snapshot:
-    """Source -> validated, cleaned, split (and optionally augmented) snapshot."""
+def prepare(config: Config, frame: pd.DataFrame | None = None, origin: str | None = None) -> Snapshot:
+    """Source -> validated, cleaned, split (and optionally augmented) snapshot.
+
+    `frame` (columns text, label and any others) replaces the configured source, e.g. the
+    old training rows plus labelled traffic when retraining; `origin` names it in messages.
+    """
     cfg = config.data
-    frame, source_sha = read_source(cfg)
-    origin = cfg.source
+    if frame is None:
+        frame, source_sha = read_source(cfg)
+        origin = cfg.source
+    else:
+        frame = frame.reset_index(drop=True)
+        if "row" not in frame:
+            frame.insert(0, "row", range(1, len(frame) + 1))
+        source_sha = hashlib.sha256(pd.util.hash_pandas_object(frame[["text", "label"]].astype(str), index=False)
+                                    .to_numpy().tobytes()).hexdigest()
+        origin = origin or "in-memory rows"
+        cfg = cfg.model_copy(update={"source": origin})
     report = CleaningReport(rows_in=len(frame))
     frame = validate(frame, cfg, origin, report)
     frame = clean(frame, cfg, report)

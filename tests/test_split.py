@@ -103,3 +103,12 @@ def test_a_failed_prepare_keeps_the_previous_snapshot(tmp_path, project):
     with pytest.raises(DataError):
         data.prepare(project(source=str(path)))
     assert data.load_snapshot(first.path.parent).id == first.id
+
+
+def test_prepare_accepts_rows_in_memory(project):
+    frame = pd.DataFrame({"text": [f"old text {i}" for i in range(40)] + [f"new text {i}" for i in range(40)],
+                          "label": ["a", "b"] * 40, "source": ["original"] * 40 + ["feedback"] * 40})
+    snap = data.prepare(project(labels=None), frame, origin="retrain: original + feedback")
+    manifest = json.loads((snap.path / "manifest.json").read_text())
+    assert manifest["source"] == "retrain: original + feedback" and len(manifest["source_sha256"]) == 64
+    assert set(snap.split("test")["source"]) == {"original", "feedback"}
