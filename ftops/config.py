@@ -130,6 +130,14 @@ class GatesSection(Section):
     slice_tolerance: float = Field(0.02, ge=0, le=1)
     parity_atol: float = Field(1e-4, gt=0)
     p99_ms: float = Field(100.0, gt=0)
+    parity_min_agreement: float = Field(0.98, gt=0, le=1, description=(
+        "label agreement with PyTorch a quantised / reduced-precision export variant needs"))
+    max_f1_loss: float = Field(0.005, ge=0, le=1, description=(
+        "macro-F1 an export variant may lose vs PyTorch on the test split (0.005 = 0.5 pt)"))
+    batch_label_agreement: float = Field(1.0, gt=0, le=1, description=(
+        "labels of each text alone vs inside one mixed-length batch; below it = unbatched_only"))
+    batch_prob_atol: float = Field(1e-3, gt=0, description=(
+        "largest probability change of a text alone vs inside a batch; above it = unbatched_only"))
 
 
 class ServingSection(Section):
@@ -155,6 +163,18 @@ class ServingSection(Section):
     load_warmup: int = Field(100, ge=0)
     max_error_rate: float = Field(0.0, ge=0, le=1)
     ready_timeout_s: float = Field(60.0, gt=0)
+    # The gateway (ftops.serve.gateway): traffic policy, request limits, prediction log.
+    traffic: Literal["champion", "ab", "shadow"] = Field(
+        "champion", description="champion: all to the champion; ab: ab_share to the challenger; "
+        "shadow: the champion answers and the challenger gets a copy")
+    ab_share: float = Field(0.1, ge=0, le=1, description="share of users (or requests) sent to the challenger")
+    max_texts_per_request: int = Field(64, ge=1, description="texts in one /predict call")
+    keep_text: bool = Field(True, description="log the text itself; False keeps only its sha256")
+    log_buffer_rows: int = Field(10000, ge=1, description="log rows held in memory; beyond, rows are dropped and counted")
+    log_batch_rows: int = Field(200, ge=1, description="rows per prediction-log write")
+    log_flush_ms: int = Field(200, ge=1, description="longest wait before buffered rows are written")
+    shadow_pending: int = Field(256, ge=1, description="shadow copies waiting; beyond, copies are dropped and counted")
+    route_refresh_s: float = Field(0.5, ge=0, description="how stale the gateway's view of routing.json may be")
 
 
 class MonitoringSection(Section):
@@ -193,6 +213,7 @@ class UrisSection(Section):
     """Empty values resolve to embedded defaults under project.dir (see Config.resolved)."""
 
     mlflow_tracking: str | None = None
+    mlflow_ui: str = "http://127.0.0.1:5000"
     prefect_api: str = "http://127.0.0.1:4200/api"
     prediction_log: str | None = None
     evidently_workspace: str | None = None

@@ -469,5 +469,16 @@ def prepare(config: Config, frame: pd.DataFrame | None = None, origin: str | Non
     return write_snapshot(splits, labels, report, cfg, source_sha, snapshot_root(config))
 
 
+def retraining_frame(old: Snapshot, feedback: pd.DataFrame) -> pd.DataFrame:
+    """The champion's labelled rows (all splits) plus labelled traffic, each tagged with its
+    `source`, so the next snapshot's test split holds both and the A/B can gate on each."""
+    original = pd.concat([old.split(s) for s in SPLITS], ignore_index=True)
+    if "augmented" in original:
+        original = original[~original["augmented"]]
+    original = original[["text", "label"]].assign(source="original")
+    new = feedback[["text", "label"]].assign(source="feedback")
+    return pd.concat([original, new], ignore_index=True)
+
+
 def drop_summary(report: CleaningReport) -> list[tuple[str, int]]:
     return Counter(report.dropped).most_common()

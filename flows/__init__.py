@@ -1,0 +1,1 @@
+"""Prefect flows and deployments of ftops (the only package that imports Prefect)."""

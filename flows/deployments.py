@@ -1,0 +1,71 @@
+"""The deployments users see in the Prefect UI, served by one long-running process:
+
+- `lifecycle/lifecycle`: the quarterly cron AND a trigger on `ftops.drift.detected` for
+  this project's model; one run at a time.
+- `monitor_drift/monitor`: a drift check every few minutes.
+
+Run with `python -m flows.deployments --config <yaml>` (what `ftops up` starts).
+"""
+
+from __future__ import annotations
+
+import argparse
+from datetime import timedelta
+
+from prefect import serve
+from prefect.events import DeploymentEventTrigger
+from prefect.schedules import Cron, Interval
+
+from flows.lifecycle import config_path_of, lifecycle, monitor_drift
+from ftops.config import Config, load_config
+
+DRIFT_EVENT = "ftops.drift.detected"
+
+
+def resource_id(config: Config) -> str:
+    return f"ftops.model.{config.project.name}"
+
+
+def drift_trigger(config: Config, config_path: str | None) -> DeploymentEventTrigger:
+    return DeploymentEventTrigger(
+        name=f"retrain {config.project.name} on drift",
+        expect={DRIFT_EVENT},
+        match={"prefect.resource.id": resource_id(config)},
+        parameters={"config_path": config_path, "reason": "drift"},
+    )
+
+
+def build(config_path: str | None) -> list:
+    config = load_config(config_path)
+    schedules = config.schedules
+    lifecycle_deployment = lifecycle.to_deployment(
+        name="lifecycle",
+        schedules=[Cron(schedules.retrain_cron, timezone=schedules.timezone,
+                        parameters={"config_path": config_path, "reason": "schedule"})],
+        triggers=[drift_trigger(config, config_path)],
+        parameters={"config_path": config_path, "reason": "manual"},
+        concurrency_limit=1,
+        description="Fine-tune, A/B, export and deploy; quarterly and on drift.",
+        tags=["ftops", config.project.name],
+    )
+    monitor_deployment = monitor_drift.to_deployment(
+        name="monitor",
+        schedules=[Interval(timedelta(minutes=schedules.monitor_interval_minutes),
+                            parameters={"config_path": config_path})],
+        parameters={"config_path": config_path},
+        concurrency_limit=1,
+        description="Evidently drift check of recent traffic; emits ftops.drift.detected.",
+        tags=["ftops", config.project.name],
+    )
+    return [lifecycle_deployment, monitor_deployment]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Serve the ftops deployments (schedules + drift trigger).")
+    parser.add_argument("--config", default=None, help="project YAML")
+    args = parser.parse_args()
+    serve(*build(config_path_of(args.config)), print_starting_message=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,138 @@
+"""The lifecycle as Prefect flows: thin wiring of the ftops stages.
+
+lifecycle = prepare data -> train candidates -> A/B the best against the champion ->
+export + deploy behind the gates (the registry alias moves only when serving passes).
+Flows take `config_path` (a YAML file) so a deployment, a trigger and the CLI all run the
+same thing; everything they return is a small JSON-able dict.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+
+from ftops import data, registry
+from ftops.config import Config, load_config
+
+
+def _config(config_path: str | None) -> Config:
+    return load_config(config_path)
+
+
+@task(name="prepare-data", retries=1, retry_delay_seconds=5, timeout_seconds=900)
+def prepare_data(config_path: str | None) -> dict:
+    """First round: the configured source. Later rounds: the champion's rows + labelled
+    traffic (rehearsal of the old domain, learning of the new one)."""
+    from ftops import predlog
+
+    config = _config(config_path)
+    champion = registry.find(config, registry.CHAMPION)
+    if champion is None:
+        snapshot = data.prepare(config)
+        return {"snapshot": snapshot.id, "counts": snapshot.counts, "retrain": False, "feedback_rows": 0}
+    old = data.load_snapshot(data.snapshot_root(config), champion.tags["ftops.data_snapshot"])
+    feedback = predlog.labelled(predlog.engine(config.resolved().uris.prediction_log))
+    frame = data.retraining_frame(old, feedback)
+    snapshot = data.prepare(config.model_copy(update={"data": config.data.model_copy(update={"max_rows": None})}),
+                            frame, origin=f"retrain: snapshot {old.id} + {len(feedback)} labelled requests")
+    return {"snapshot": snapshot.id, "counts": snapshot.counts, "retrain": True, "feedback_rows": len(feedback),
+            "parent_version": champion.version}
+
+
+@flow(name="train_candidates", log_prints=True, timeout_seconds=7200)
+def train_candidates(config_path: str | None, snapshot_id: str, parent_version: str | None = None) -> dict:
+    """Every configured candidate + the TF-IDF baseline, one MLflow round."""
+    from ftops import train
+
+    config = _config(config_path)
+    snapshot = data.load_snapshot(data.snapshot_root(config), snapshot_id)
+    retrain = None
+    if parent_version is not None:
+        champion_dir = registry.download(config, parent_version)
+        old = data.load_snapshot(data.snapshot_root(config), registry.get(config, parent_version).tags["ftops.data_snapshot"])
+        retrain = train.RetrainSources(teacher_dir=champion_dir, old_train=old.split("train"))
+    result = train.train_round(config, snapshot, retrain=retrain, parent_model_version=parent_version)
+    best, run_id = max(result.candidates, key=lambda item: item[0].val_macro_f1)
+    table = {r.candidate: {"val_macro_f1": r.val_macro_f1, "test_macro_f1": r.test_macro_f1,
+                           "trainable_share": r.trainable_share, "wall_seconds": r.wall_seconds}
+             for r, _ in result.candidates}
+    print(f"best candidate {best.candidate}: val macro-F1 {best.val_macro_f1:.3f}; baseline test "
+          f"macro-F1 {result.baseline.test_macro_f1:.3f}")
+    return {"round_run_id": result.run_id, "best": best.candidate, "best_run_id": run_id,
+            "candidates": table, "baseline_test_macro_f1": result.baseline.test_macro_f1}
+
+
+@flow(name="evaluate_and_decide", log_prints=True, timeout_seconds=3600)
+def evaluate_and_decide(config_path: str | None, snapshot_id: str, run_id: str) -> dict:
+    """Register the best candidate as challenger and A/B it against the champion on the same
+    test rows. The champion alias is not moved here: serving gates decide that."""
+    from ftops import decide
+
+    config = _config(config_path)
+    snapshot = data.load_snapshot(data.snapshot_root(config), snapshot_id)
+    protected = ["source"] if "source" in snapshot.split("test") else None
+    decision, version = decide.decide(config, snapshot, run_id, protected=protected, promote=False)
+    print(decision.summary)
+    return {"outcome": decision.outcome, "summary": decision.summary, "version": version.version,
+            "metrics": {k: (v or {}).get("macro_f1") for k, v in decision.metrics.items()},
+            "slices": {k: v.get("delta") for k, v in decision.slices.items()}}
+
+
+@flow(name="export_and_deploy", log_prints=True, timeout_seconds=3600)
+def export_and_deploy(config_path: str | None, version: str, snapshot_id: str, run_id: str) -> dict:
+    """ONNX export behind the parity gate, then Triton behind the smoke + P99 gates; on a
+    pass the champion alias and route move and the monitor's reference is saved."""
+    from ftops import export, monitor
+    from ftops.serve import deploy, server
+
+    config = _config(config_path)
+    snapshot = data.load_snapshot(data.snapshot_root(config), snapshot_id)
+    exported = export.export_version(config, version, snapshot, run_id=run_id)
+    if exported.selected is None:
+        print(f"export: no variant passed the parity gate ({exported.why}); champion keeps serving")
+        return {"outcome": "rejected", "reason": f"export: {exported.why}", "export": str(exported.out_dir)}
+    server.start(config)
+    deploy.reload_routes(config)
+    test_texts = list(snapshot.split("test")["text"])
+    result = deploy.deploy(config, exported.out_dir, test_texts, version=version, run_id=run_id)
+    print(f"deploy {result.route.ensemble}: {result.outcome} ({result.reason})")
+    if result.outcome == "promoted":
+        monitor.save_champion_reference(config, version, snapshot)
+    return {"outcome": result.outcome, "reason": result.reason, "export": str(exported.out_dir),
+            "variant": exported.selected, "load": result.load}
+
+
+@flow(name="monitor_drift", log_prints=True, timeout_seconds=900)
+def monitor_drift(config_path: str | None = None) -> dict:
+    """One drift check of recent traffic against the champion's reference; on an alert the
+    check emits `ftops.drift.detected`, which the lifecycle deployment's trigger turns into
+    a retraining run."""
+    from ftops import monitor
+
+    config = _config(config_path)
+    result = monitor.check(config)
+    print(result.summary() if hasattr(result, "summary") else result)
+    return result.as_dict() if hasattr(result, "as_dict") else {"result": str(result)}
+
+
+@flow(name="lifecycle", log_prints=True, timeout_seconds=4 * 3600)
+def lifecycle(config_path: str | None = None, reason: str = "manual") -> dict:
+    """The whole chain, once. The deployment allows one run at a time (concurrency limit 1):
+    a second trigger waits in the queue rather than interleaving with this one."""
+    logger = get_run_logger()
+    logger.info("lifecycle started (%s), config %s", reason, config_path or "default")
+    prepared = prepare_data(config_path)
+    trained = train_candidates(config_path, prepared["snapshot"], prepared.get("parent_version"))
+    decided = evaluate_and_decide(config_path, prepared["snapshot"], trained["best_run_id"])
+    summary = {"reason": reason, "data": prepared, "train": trained, "decision": decided}
+    if decided["outcome"] != "promote":
+        logger.info("challenger rejected; the champion keeps serving: %s", decided["summary"])
+        return summary
+    summary["deploy"] = export_and_deploy(config_path, decided["version"], prepared["snapshot"],
+                                          trained["best_run_id"])
+    return summary
+
+
+def config_path_of(path: str | Path | None) -> str | None:
+    return None if path is None else str(Path(path).resolve())

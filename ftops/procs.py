@@ -1,0 +1,142 @@
+"""Background services of a project (Prefect server, MLflow UI, the deployment-serving
+process, ...): started detached with a log file, polled until healthy, stopped by PID.
+
+State lives in `<project>/services/<name>.json`; a state file whose pid is gone (or now
+belongs to another program) is stale and removed, so a crash leaves nothing to clean up.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ftops.errors import FtopsError
+
+
+class ServiceError(FtopsError):
+    pass
+
+
+@dataclass
+class Service:
+    name: str
+    command: list[str]
+    url: str                       # what the user opens (or the API base)
+    health_url: str | None = None  # polled until it answers 200; None: process alive is enough
+    env: dict[str, str] = field(default_factory=dict)
+    ready_timeout_s: float = 60.0
+    marker: str = ""               # a string of the command line that identifies our process
+
+
+@dataclass
+class Running:
+    name: str
+    pid: int
+    url: str
+    log: str
+    marker: str
+
+
+def _state(folder: Path, name: str) -> Path:
+    return folder / f"{name}.json"
+
+
+def _alive(pid: int, marker: str) -> bool:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+        state = Path(f"/proc/{pid}/stat").read_text().split()[2]
+    except OSError:
+        return False
+    return state != "Z" and marker.encode() in cmdline
+
+
+def status(folder: Path, name: str) -> Running | None:
+    path = _state(folder, name)
+    if not path.is_file():
+        return None
+    running = Running(**json.loads(path.read_text()))
+    if not _alive(running.pid, running.marker):
+        path.unlink(missing_ok=True)
+        return None
+    return running
+
+
+def healthy(url: str | None, timeout: float = 2.0) -> bool:
+    if url is None:
+        return True
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def start(folder: Path, service: Service) -> Running:
+    """Start a service unless it already runs (a second `up` makes no duplicate)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    existing = status(folder, service.name)
+    if existing is not None:
+        return existing
+    log = folder / f"{service.name}.log"
+    env = {**os.environ, **service.env}
+    with open(log, "ab") as handle:
+        proc = subprocess.Popen(service.command, stdout=handle, stderr=subprocess.STDOUT, env=env,
+                                cwd=folder, start_new_session=True, stdin=subprocess.DEVNULL)
+    marker = service.marker or service.command[-1]
+    running = Running(service.name, proc.pid, service.url, str(log), marker)
+    _state(folder, service.name).write_text(json.dumps(asdict(running)))
+    deadline = time.monotonic() + service.ready_timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            _state(folder, service.name).unlink(missing_ok=True)
+            raise ServiceError(f"{service.name} exited with code {proc.returncode} at start. "
+                               f"Last log lines ({log}):\n{tail(log)}")
+        if healthy(service.health_url):
+            return running
+        time.sleep(0.3)
+    stop(folder, service.name)
+    raise ServiceError(f"{service.name} was not healthy within {service.ready_timeout_s:.0f} s "
+                       f"({service.health_url}). Last log lines ({log}):\n{tail(log)}")
+
+
+def stop(folder: Path, name: str, grace_s: float = 15.0) -> bool:
+    """SIGTERM the process group, SIGKILL what is left after `grace_s`."""
+    running = status(folder, name)
+    if running is None:
+        return False
+    _signal(running.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and _alive(running.pid, running.marker):
+        _reap(running.pid)
+        time.sleep(0.1)
+    _signal(running.pid, signal.SIGKILL)  # the group: workers a server forked are gone too
+    _reap(running.pid)
+    _state(folder, name).unlink(missing_ok=True)
+    return True
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def tail(path: Path | str, lines: int = 20) -> str:
+    try:
+        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"

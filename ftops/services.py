@@ -1,0 +1,166 @@
+"""`ftops up / down / status`: every service of the embedded set-up on 127.0.0.1, each
+started once (a second `up` finds it running), each stopped by PID.
+
+Services: the Prefect server, the MLflow UI, Triton, the gateway, the Evidently UI and the
+process serving the Prefect deployments (schedules + drift trigger). They share one
+project dir and config, passed down as FTOPS_PROJECT__DIR / FTOPS_CONFIG.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+from ftops import procs
+from ftops.config import Config
+
+ORDER = ("prefect", "mlflow", "triton", "gateway", "evidently", "deployments")
+
+
+@dataclass
+class Row:
+    name: str
+    state: str
+    url: str
+    pid: int | None
+    log: str | None
+
+
+def folder(config: Config) -> Path:
+    return config.resolved().project.dir / "services"
+
+
+def environment(config: Config, config_path: str | None) -> dict[str, str]:
+    """What every service and flow process needs to find the same project and servers."""
+    cfg = config.resolved()
+    env = {
+        "FTOPS_PROJECT__DIR": str(cfg.project.dir),
+        "PREFECT_API_URL": cfg.uris.prefect_api,
+        "PREFECT_HOME": str(cfg.project.dir / "prefect"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_RUNNER_POLL_FREQUENCY": "2",
+        "PREFECT_UI_SHOW_PROMOTIONAL_CONTENT": "false",
+        "DO_NOT_TRACK": "true",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "HF_HUB_OFFLINE": "1",
+    }
+    if config_path:
+        env["FTOPS_CONFIG"] = str(Path(config_path).resolve())
+    return env
+
+
+def prefect_service(config: Config, env: dict[str, str]) -> procs.Service:
+    api = urlparse(config.uris.prefect_api)
+    (config.resolved().project.dir / "prefect").mkdir(parents=True, exist_ok=True)
+    return procs.Service(
+        name="prefect", url=f"{api.scheme}://{api.netloc}",
+        command=[str(Path(sys.executable).parent / "prefect"), "server", "start",
+                 "--host", api.hostname or "127.0.0.1", "--port", str(api.port or 4200)],
+        health_url=f"{config.uris.prefect_api.rstrip('/')}/health", env=env, ready_timeout_s=90,
+        marker="server start")
+
+
+def mlflow_service(config: Config, env: dict[str, str]) -> procs.Service:
+    cfg = config.resolved()
+    ui = urlparse(cfg.uris.mlflow_ui)
+    return procs.Service(
+        name="mlflow", url=cfg.uris.mlflow_ui,
+        command=[str(Path(sys.executable).parent / "mlflow"), "server",
+                 "--backend-store-uri", cfg.uris.mlflow_tracking,
+                 "--default-artifact-root", (cfg.project.dir / "mlartifacts").as_uri(),
+                 "--host", ui.hostname or "127.0.0.1", "--port", str(ui.port or 5000), "--workers", "1"],
+        health_url=f"{cfg.uris.mlflow_ui.rstrip('/')}/health", env=env, ready_timeout_s=120,
+        marker="mlflow server")
+
+
+def deployments_service(config: Config, env: dict[str, str], config_path: str | None) -> procs.Service:
+    command = [sys.executable, "-m", "flows.deployments"]
+    if config_path:
+        command += ["--config", str(Path(config_path).resolve())]
+    return procs.Service(name="deployments", url=f"{config.uris.prefect_api.rstrip('/').removesuffix('/api')}/deployments",
+                         command=command, health_url=None, env=env, ready_timeout_s=5,
+                         marker="flows.deployments")
+
+
+def up(config: Config, config_path: str | None = None, only: tuple[str, ...] = ORDER) -> list[Row]:
+    """Start what is not running, in dependency order; return every service's row."""
+    env = environment(config, config_path)
+    os.environ.update(env)  # in-process starts (Triton, gateway, Evidently UI) see the same
+    base = folder(config)
+    for name in only:
+        if name == "prefect":
+            procs.start(base, prefect_service(config, env))
+        elif name == "mlflow":
+            procs.start(base, mlflow_service(config, env))
+        elif name == "triton":
+            from ftops.serve import deploy, server
+
+            server.start(config)
+            deploy.reload_routes(config)
+        elif name == "gateway":
+            from ftops.serve import gateway
+
+            gateway.up(config)
+        elif name == "evidently":
+            from ftops import monitor
+
+            monitor.ui_up(config)
+        elif name == "deployments":
+            procs.start(base, deployments_service(config, env, config_path))
+    return status(config)
+
+
+def down(config: Config) -> list[str]:
+    """Stop everything this project started, in reverse order; the names stopped."""
+    stopped = []
+    base = folder(config)
+    for name in reversed(ORDER):
+        if name == "triton":
+            from ftops.serve import server
+
+            done = server.stop(config)
+        elif name == "gateway":
+            from ftops.serve import gateway
+
+            done = gateway.down(config)
+        elif name == "evidently":
+            from ftops import monitor
+
+            done = monitor.ui_down(config)
+        else:
+            done = procs.stop(base, name)
+        if done:
+            stopped.append(name)
+    return stopped
+
+
+def status(config: Config) -> list[Row]:
+    rows = []
+    base = folder(config)
+    for name in ORDER:
+        if name == "triton":
+            from ftops.serve import server
+
+            info = server.status(config)
+            rows.append(Row(name, "up" if info else "down", f"grpc {info.grpc_url}, http {info.http_url}" if info else "",
+                            info.pid if info else None, info.log if info else None))
+        elif name == "gateway":
+            from ftops.serve import gateway
+
+            rows.append(_row(name, gateway.status(config)))
+        elif name == "evidently":
+            from ftops import monitor
+
+            rows.append(_row(name, monitor.ui_status(config)))
+        else:
+            rows.append(_row(name, procs.status(base, name)))
+    return rows
+
+
+def _row(name: str, running) -> Row:
+    if running is None:
+        return Row(name, "down", "", None, None)
+    return Row(name, "up", getattr(running, "url", ""), getattr(running, "pid", None), getattr(running, "log", None))
