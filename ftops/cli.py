@@ -533,6 +533,378 @@ def demo(config: ConfigOption = None, project_dir: ProjectDirOption = None):
         print_snapshot(data_stage.prepare(cfg))
 
 
+# ---------------------------------------------------------------- gateway, online A/B
+
+gateway_app = typer.Typer(help="The HTTP gateway in front of Triton: text in/out, prediction log, A/B and shadow.",
+                          no_args_is_help=True)
+ab_app = typer.Typer(help="Online A/B and shadow results from the prediction log.", no_args_is_help=True)
+app.add_typer(gateway_app, name="gateway")
+app.add_typer(ab_app, name="ab")
+
+
+@gateway_app.command("up")
+def gateway_up(
+    port: Annotated[int | None, typer.Option(help="Port on serving.host; 0 picks a free one (serving.gateway_port).")] = None,
+    traffic: Annotated[str | None, typer.Option(
+        help="champion | ab | shadow (serving.traffic).")] = None,
+    ab_share: Annotated[float | None, typer.Option(help="Share sent to the challenger under ab (serving.ab_share).")] = None,
+    config: ConfigOption = None, project_dir: ProjectDirOption = None,
+):
+    """Start the gateway in the background (no-op if it runs); stop it with `ftops gateway down`."""
+    from ftops.serve import gateway
+
+    cfg = _config(config, {"serving.gateway_port": port, "serving.traffic": traffic,
+                           "serving.ab_share": ab_share}, project_dir)
+    info = gateway.start(cfg)
+    out.print(f"gateway up: pid {info.pid}, {info.url}, log {info.log}")
+    _print_health(gateway.probe(info.url))
+
+
+def _print_health(answer) -> None:
+    if answer is None:
+        out.print("  health: no answer")
+        return
+    code, body = answer
+    colour = "green" if code == 200 else "red"
+    out.print(f"  health: [{colour}]{body.get('status')}[/] {body.get('reason') or ''}  policy: {body.get('policy')}")
+    if body.get("note"):
+        out.print(f"  note: {body['note']}")
+    for role in ("champion", "challenger"):
+        if body.get(role):
+            out.print(f"  {role}: {body[role]['ensemble']} (version {body[role]['version'] or '-'})")
+
+
+@gateway_app.command("down")
+def gateway_down(config: ConfigOption = None, project_dir: ProjectDirOption = None):
+    """Stop the gateway by PID (in-flight requests finish and the log is flushed first)."""
+    from ftops.serve import gateway
+
+    cfg = _config(config, project_dir=project_dir)
+    out.print("gateway stopped" if gateway.stop(cfg) else "gateway was not running")
+
+
+@gateway_app.command("status")
+def gateway_status(config: ConfigOption = None, project_dir: ProjectDirOption = None):
+    """Is the gateway up, is it healthy, and where does traffic go."""
+    from ftops.serve import gateway
+
+    cfg = _config(config, project_dir=project_dir)
+    info = gateway.status(cfg)
+    if info is None:
+        out.print("gateway: not running")
+        raise typer.Exit(1)
+    out.print(f"gateway: pid {info.pid}, {info.url}, log {info.log}")
+    _print_health(gateway.probe(info.url))
+
+
+@gateway_app.command("loadtest")
+def gateway_loadtest(
+    requests: Annotated[int, typer.Option(min=1, help="Requests to send.")] = 500,
+    concurrency: Annotated[int, typer.Option(min=1, help="Parallel clients.")] = 4,
+    max_seconds: Annotated[float, typer.Option(help="Stop after this long whatever is left.")] = 60.0,
+    users: Annotated[int, typer.Option(min=0, help="Distinct user keys to send (0: none, random A/B arm).")] = 0,
+    feedback_share: Annotated[float, typer.Option(
+        min=0.0, max=1.0, help="Share of answers that also get their true label on /feedback.")] = 0.0,
+    data: Annotated[str, typer.Option(help="Builtin corpus whose texts (and labels) are sent.")] = "builtin:tweets?domain=airline",
+    url: Annotated[str | None, typer.Option(help="Gateway URL (default: this project's running gateway).")] = None,
+    config: ConfigOption = None, project_dir: ProjectDirOption = None,
+):
+    """A bounded load test of the gateway with real texts: throughput, p50/p95/p99, errors."""
+    from ftops.corpora import load_builtin
+    from ftops.serve import gateway
+
+    cfg = _config(config, project_dir=project_dir)
+    if url is None:
+        info = gateway.status(cfg)
+        if info is None:
+            raise gateway.GatewayError("The gateway is not running for this project. Start it with "
+                                       "`ftops gateway up`, or pass --url.")
+        url = info.url
+    frame, _ = load_builtin(data)
+    frame = frame.sample(frac=1.0, random_state=0)
+    result = gateway.loadtest(url, list(frame["text"]), requests, concurrency, max_seconds, users,
+                              list(frame["label"]), feedback_share, timeout_s=cfg.serving.request_timeout_s)
+    table = Table("requests", "concurrency", "req/s", "p50 ms", "p95 ms", "p99 ms", "errors", "routes", "feedback",
+                  title=f"gateway load test {url}")
+    table.add_row(str(result.requests), str(result.concurrency), f"{result.throughput:.0f}", f"{result.p50_ms:.1f}",
+                  f"{result.p95_ms:.1f}", f"{result.p99_ms:.1f}", str(result.errors),
+                  ", ".join(f"{k} {v}" for k, v in sorted(result.routes.items())), str(result.feedback))
+    out.print(table)
+    if result.first_error:
+        out.print(f"[red]first error:[/] {result.first_error}")
+
+
+@ab_app.command("report")
+def ab_report_cmd(
+    since_hours: Annotated[float | None, typer.Option(help="Only rows logged in the last H hours.")] = None,
+    last: Annotated[int | None, typer.Option(help="Only the last N logged rows.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    config: ConfigOption = None, project_dir: ProjectDirOption = None,
+):
+    """Champion vs challenger on logged traffic with feedback: accuracy, macro-F1 (bootstrap
+    CIs), latency and a significance test (unpaired for A/B, paired for shadow)."""
+    import json
+    from datetime import UTC, datetime, timedelta
+
+    from ftops import predlog
+    from ftops.serve.traffic import ab_report
+
+    cfg = _config(config, project_dir=project_dir).resolved()
+    since = datetime.now(UTC) - timedelta(hours=since_hours) if since_hours else None
+    frame = predlog.read(predlog.engine(cfg.uris.prediction_log), last=last, since=since, routes=predlog.ROUTES)
+    report = ab_report(frame, alpha=cfg.gates.alpha)
+    if as_json:
+        out.print_json(json.dumps(report))
+        return
+    print_ab_report(report, len(frame))
+
+
+def print_ab_report(report: dict, rows: int) -> None:
+    if report["ab"] is None and report["shadow"] is None:
+        out.print(f"No A/B or shadow traffic in the {rows} logged rows (challenger and shadow routes are empty).")
+        return
+    for name, title in (("ab", "A/B split (different requests)"), ("shadow", "shadow (same requests)")):
+        section = report[name]
+        if section is None:
+            continue
+        table = Table("arm", "requests", "n feedback", "accuracy [CI]", "macro-F1 [CI]", "p50 ms", "p99 ms", "models",
+                      title=title)
+        for arm, row in section["arms"].items():
+            table.add_row(arm, str(row["requests"]), str(row["n"]), _with_ci(row, "accuracy"), _with_ci(row, "macro_f1"),
+                          _num1(row["p50_ms"]), _num1(row["p99_ms"]), ", ".join(row["models"]))
+        out.print(table)
+        test = section["test"]
+        if test.get("p_value") is None:
+            out.print(f"  {test['test']}: {test['reason']}")
+            continue
+        verdict = "[green]significant[/]" if test["significant"] else "not significant"
+        low, high = test["macro_f1_delta_ci"]
+        out.print(f"  {test['test']}: accuracy delta {test['accuracy_delta']:+.4f}, p = {test['p_value']:.4g} "
+                  f"({verdict} at alpha {report['alpha']}); macro-F1 delta {test['macro_f1_delta']:+.4f} "
+                  f"[{low:+.4f}, {high:+.4f}]")
+
+
+def _with_ci(row: dict, metric: str) -> str:
+    if row[metric] is None:
+        return "-"
+    low, high = row[f"{metric}_ci"]
+    return f"{row[metric]:.4f} [{low:.3f}, {high:.3f}]"
+
+
+def _num1(value) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+# ---------------------------------------------------------------- monitor
+
+monitor_app = typer.Typer(help="Drift monitoring with Evidently: checks, history and the dashboard UI.",
+                          no_args_is_help=True)
+monitor_ui_app = typer.Typer(help="The Evidently UI over this project's workspace (127.0.0.1:monitoring.ui_port).",
+                             no_args_is_help=True)
+app.add_typer(monitor_app, name="monitor")
+monitor_app.add_typer(monitor_ui_app, name="ui")
+
+
+@monitor_app.command("check")
+def monitor_check(
+    window: Annotated[int | None, typer.Option(
+        min=10, help="Rows in the current window (monitoring.window_size).")] = None,
+    embeddings: Annotated[bool, typer.Option(
+        "--embeddings/--no-embeddings", help="Also compare pooled embeddings (loads the champion model).")] = False,
+    config: ConfigOption = None, project_dir: ProjectDirOption = None,
+):
+    """Compare recent logged traffic with the champion's reference; record the check, alert if drift holds."""
+    from ftops import monitor
+
+    cfg = _config(config, project_dir=project_dir)
+    if window is not None:
+        cfg.monitoring = cfg.monitoring.model_copy(
+            update={"window_size": window, "min_window": min(window, cfg.monitoring.min_window)})
+    embed = None
+    if embeddings:
+        from ftops import decide
+
+        model, tokenizer, _ = decide.load(decide.resolve(cfg, "champion"))
+        embed = monitor.embedder(model, tokenizer, cfg.model.max_length)
+    print_check(monitor.check(cfg, embed=embed))
+
+
+def print_check(result) -> None:
+    colour = {"drift": "red", "no_drift": "green"}.get(result.decision, "yellow")
+    alert = " [bold red]ALERT[/]" if result.alert else ""
+    out.print(f"[bold {colour}]{result.decision.upper().replace('_', ' ')}[/]{alert} {result.project}: "
+              f"{result.window_size} rows vs {result.reference_size} reference rows"
+              f" (champion v{result.reference_version or '-'}); {result.reason}", highlight=False)
+    if result.signals:
+        table = Table("signal", "score", "threshold", "method", "drifted", title="top drifting signals")
+        for sig in result.top(len(result.signals)):
+            table.add_row(sig.name, f"{sig.score:.4g}", f"{sig.threshold:.4g}", sig.method,
+                          "[red]yes[/]" if sig.drifted else "no")
+        out.print(table)
+    share = "-" if result.drifted_share is None else f"{result.drifted_share:.2f}"
+    quality = "" if result.accuracy is None else \
+        f"; live accuracy {result.accuracy:.3f}, macro-F1 {result.macro_f1:.3f} on {result.feedback_rows} feedback rows"
+    out.print(f"drifted share {share}{quality}")
+    if result.report_path:
+        out.print(f"report: {result.report_path}")
+    if result.alert:
+        sent = "sent" if result.event_sent else "[red]NOT sent (no Prefect server)[/]"
+        out.print(f"event ftops.drift.detected: {sent}")
+
+
+@monitor_app.command("history")
+def monitor_history(
+    last: Annotated[int, typer.Option(min=1, help="How many checks, newest first.")] = 20,
+    config: ConfigOption = None, project_dir: ProjectDirOption = None,
+):
+    """Stored drift checks: time, window, drifted share, decision, alert and the strongest signals."""
+    from ftops import monitor
+
+    cfg = _config(config, project_dir=project_dir)
+    checks = monitor.history(cfg, last)
+    if not checks:
+        out.print(f"No drift checks stored for {cfg.project.name} yet. Run `ftops monitor check`.")
+        return
+    table = Table("id", "time (UTC)", "rows", "share", "decision", "alert", "event", "top signals",
+                  title=f"drift checks of {cfg.project.name}")
+    for c in checks:
+        top = ", ".join(s.name for s in c.top(3) if s.drifted) or "-"
+        event = "-" if c.event_sent is None else ("sent" if c.event_sent else "not sent")
+        table.add_row(str(c.id), f"{c.ts:%Y-%m-%d %H:%M:%S}", str(c.window_size),
+                      "-" if c.drifted_share is None else f"{c.drifted_share:.2f}", c.decision,
+                      "[red]yes[/]" if c.alert else "no", event, top)
+    out.print(table)
+
+
+@monitor_ui_app.command("up")
+def monitor_ui_up(
+    port: Annotated[int | None, typer.Option(help="Port on 127.0.0.1 (monitoring.ui_port).")] = None,
+    config: ConfigOption = None, project_dir: ProjectDirOption = None,
+):
+    """Start the Evidently UI in the background (no-op if it runs) and wait until it answers."""
+    from ftops import monitor
+
+    cfg = _config(config, {"monitoring.ui_port": port}, project_dir)
+    info = monitor.ui_start(cfg)
+    out.print(f"evidently ui up: {info.url} (pid {info.pid}, workspace {info.workspace}, log {info.log})")
+
+
+@monitor_ui_app.command("down")
+def monitor_ui_down(config: ConfigOption = None, project_dir: ProjectDirOption = None):
+    """Stop the Evidently UI by PID."""
+    from ftops import monitor
+
+    cfg = _config(config, project_dir=project_dir)
+    out.print("evidently ui stopped" if monitor.ui_stop(cfg) else "evidently ui was not running")
+
+
+@monitor_ui_app.command("status")
+def monitor_ui_status(config: ConfigOption = None, project_dir: ProjectDirOption = None):
+    """Is the Evidently UI of this project running, and where."""
+    from ftops import monitor
+
+    info = monitor.ui_status(_config(config, project_dir=project_dir))
+    if info is None:
+        out.print("evidently ui: not running")
+        raise typer.Exit(1)
+    out.print(f"evidently ui: {info.url} (pid {info.pid}, ready={monitor.ui_ready(info)})")
+
+
+
+# ---------------------------------------------------------------- export
+
+
+@app.command("export")
+def export_cmd(
+    model: Annotated[str, typer.Option(help="champion / challenger / previous, a version (3, v3), or a trained candidate folder.")],
+    snapshot: Annotated[str | None, typer.Option(
+        help="Data snapshot id: calibration texts from its train split, parity texts from its test split (default: the latest).")] = None,
+    out_dir: Annotated[Path | None, typer.Option(
+        "--out", help="Export folder (default: <project dir>/exports/<name>-<timestamp>).")] = None,
+    config: ConfigOption = None, project_dir: ProjectDirOption = None,
+):
+    """Export a model to ONNX variants (fp32, optimized, int8, fp16), gate each against PyTorch
+    on the test split, time them, and select one for serving."""
+    from ftops import decide
+    from ftops import export as export_stage
+
+    cfg = _config(config, project_dir=project_dir)
+    snap = _snapshot(cfg, snapshot)
+    ref = decide.resolve(cfg, model)
+    labels = _model_labels(ref)
+    if labels != snap.labels:
+        raise FtopsError(f"Model '{model}' predicts labels {labels} but snapshot {snap.id} has {snap.labels}: "
+                         "the parity gate needs the model's own label set. Pass --snapshot with a matching snapshot.")
+    source, run_id = _export_source(cfg, ref, snap)
+    target = out_dir or _default_export_dir(cfg, ref)
+    train_texts, test = snap.split("train")["text"], snap.split("test")
+    label2id = {label: i for i, label in enumerate(labels)}
+    out.print(f"[bold]export[/] {model} ({ref.folder}) with snapshot {snap.id} -> {target}")
+    result = export_stage.export_model(
+        ref.folder, target, list(train_texts.sample(n=min(200, len(train_texts)), random_state=cfg.data.seed)),
+        cfg.model.max_length, parity_texts=list(test["text"]), parity_labels=[label2id[l] for l in test["label"]],
+        gates=cfg.gates, source=source, run_id=run_id, progress=lambda line: out.print(f"  {line}", highlight=False))
+    print_export(result)
+    if result.selected is None:
+        raise typer.Exit(1)
+
+
+def _model_labels(ref) -> list[str]:
+    import json
+
+    return json.loads((ref.folder / "model" / "ftops.json").read_text())["labels"]
+
+
+def _export_source(cfg, ref, snap) -> tuple[dict[str, Any], str | None]:
+    """Lineage for the manifest: the model (folder, version, run), the snapshot and its hash,
+    and the candidate's metrics when known; plus the MLflow run to log the export into."""
+    import json
+
+    from ftops import registry
+
+    run_id = registry.get(cfg, ref.version).run_id if ref.version else None
+    result_file = ref.folder / "result.json"
+    metrics = {}
+    if result_file.is_file():
+        saved = json.loads(result_file.read_text())
+        metrics = {k: saved[k] for k in ("val_macro_f1", "test_macro_f1", "test_accuracy") if k in saved}
+    manifest = snap.path / "manifest.json"
+    data_sha = json.loads(manifest.read_text()).get("sha256") if manifest.is_file() else None
+    source = {"model": ref.label, "folder": str(ref.folder), "registry_version": ref.version, "run_id": run_id,
+              "snapshot": snap.id, "data_sha256": data_sha, "metrics": metrics}
+    return source, run_id
+
+
+def _default_export_dir(cfg, ref) -> Path:
+    import time
+
+    name = f"v{ref.version}" if ref.version else Path(ref.folder).resolve().name
+    return cfg.resolved().project.dir / "exports" / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def print_export(result) -> None:
+    from ftops import export as export_stage
+
+    table = Table(title=f"export {result.out_dir} (PyTorch macro-F1 {result.reference['macro_f1']:.4f} "
+                        f"on {result.reference['n_texts']} test texts)")
+    for name in ("variant", "MB", "p50 ms b1", "p99 ms b1", "samples/s b32", "max diff", "agreement",
+                 "delta F1", "status", "reason"):
+        table.add_column(name, justify="left" if name in ("variant", "status", "reason") else "right")
+    colours = {export_stage.PASS: "green", export_stage.UNBATCHED: "yellow"}
+    for report in result.variants.values():
+        t = export_stage.figure_text(report)
+        mark = " *" if report.name == result.selected else ""
+        table.add_row(report.name + mark, t["size_mb"], t["p50_ms"], t["p99_ms"], t["samples_per_s"],
+                      t["max_abs_diff"], t["agreement"], t["delta_macro_f1"],
+                      f"[{colours.get(report.status, 'red')}]{report.status}[/]", report.reason)
+    out.print(table)
+    if result.selected:
+        out.print(f"[bold green]selected {result.selected}[/]: {result.selection_reason}")
+    else:
+        out.print(f"[bold red]nothing selected[/]: {result.selection_reason}")
+    out.print(f"manifest: {result.out_dir / export_stage.MANIFEST_FILE}")
+
+
 def main() -> None:
     import logging
 

@@ -186,6 +186,12 @@ class MonitoringSection(Section):
     persistence_hits: int = Field(2, ge=1)
     cooldown_hours: float = Field(24, ge=0)
     ui_port: int = Field(8085, ge=1, le=65535)
+    window_hours: float | None = Field(None, gt=0, description="window = the last H hours instead of the last window_size rows")
+    strong_auc: float = Field(0.75, gt=0.5, le=1, description="a text / embedding domain-classifier ROC AUC this high is drift on its own")
+    min_feedback: int = Field(30, ge=1, description="labelled rows a window needs for label drift and live quality")
+    embedding_sample: int = Field(200, ge=20, description="rows a side for embedding drift")
+    embedding_dims: int = Field(10, ge=2, description="PCA components embeddings are reduced to")
+    keep_reports: int = Field(500, ge=1, description="newest HTML reports kept (each is ~4 MB, Evidently inlines its JS)")
 
     @model_validator(mode="after")
     def _hits_fit_windows(self) -> MonitoringSection:
@@ -193,6 +199,8 @@ class MonitoringSection(Section):
             raise ValueError("persistence_hits cannot exceed persistence_windows")
         if self.min_window > self.window_size:
             raise ValueError("min_window cannot exceed window_size")
+        if self.strong_auc < self.text_auc_threshold:
+            raise ValueError("strong_auc cannot be below text_auc_threshold")
         return self
 
 

@@ -3,7 +3,8 @@ its feedback label. SQLAlchemy, so SQLite (embedded default) and Postgres (team)
 the code; only `uris.prediction_log` differs.
 
 One row per model answer: the answer the caller got has route `champion` or `challenger`;
-a shadow copy has route `shadow` and the same request id.
+a shadow copy has route `shadow` and the same request id. The gateway writes through
+`LogWriter` (bounded buffer, batched background writes), so requests never wait for the store.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import pandas as pd
 from sqlalchemy import (JSON, Boolean, Column, DateTime, Float, Integer, MetaData, String, Table, Text,
                         create_engine, event, select, update)
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +83,10 @@ def engine(url: str) -> Engine:
     eng = create_engine(url, **kwargs)
     if url.startswith("sqlite") and ":memory:" not in url:
         event.listen(eng, "connect", _sqlite_wal)
-    metadata.create_all(eng)
+    try:
+        metadata.create_all(eng)
+    except OperationalError:  # another process created it between the check and the create
+        metadata.create_all(eng)
     return eng
 
 
@@ -114,7 +119,7 @@ def request_models(eng: Engine, request_id: str) -> list[str]:
         return [r[0] for r in rows]
 
 
-def read( last: int | None = None, since: datetime | None = None,
+def read(eng: Engine, last: int | None = None, since: datetime | None = None,
          routes: tuple[str, ...] = ("champion", "challenger"), model: str | None = None) -> pd.DataFrame:
     """Logged rows, oldest first: the last N (by id) and/or since a time."""
     query = select(predictions).where(predictions.c.route.in_(routes))

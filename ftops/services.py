@@ -103,7 +103,7 @@ def up(config: Config, config_path: str | None = None, only: tuple[str, ...] = O
         elif name == "gateway":
             from ftops.serve import gateway
 
-            gateway.up(config)
+            gateway.start(config)
         elif name == "evidently":
             from ftops import monitor
 
@@ -125,7 +125,7 @@ def down(config: Config) -> list[str]:
         elif name == "gateway":
             from ftops.serve import gateway
 
-            done = gateway.down(config)
+            done = gateway.stop(config)
         elif name == "evidently":
             from ftops import monitor
 

@@ -43,7 +43,7 @@ def make_export(folder: Path, seed: int) -> Path:
     (folder / "labels.json").write_text(json.dumps(["negative", "neutral", "positive"]))
     (folder / "export.json").write_text(json.dumps({
         "selected": "fp32", "max_length": 96,
-        "variants": {"fp32": {"offered": True, "batch_invariant": True}}}))
+        "variants": {"fp32": {"status": "pass", "file": "fp32/model.onnx", "batch_invariant": True}}}))
     return folder
 
 

@@ -24,6 +24,9 @@ from ftops.config import ServingSection
 from ftops.errors import FtopsError
 
 TEMPLATES = Path(__file__).resolve().parent.parent.parent / "deploy" / "triton"
+# Export statuses (ftops.export): `pass` serves with any batching; `unbatched_only` passed
+# parity one text at a time but answers differently inside a batch, so it runs text by text.
+SERVABLE = ("pass", "unbatched_only")
 
 
 class ServingError(FtopsError):
@@ -54,14 +57,14 @@ class Deployable:
         if not name:
             raise ServingError(f"{manifest_file}: no variant passed the export gate; nothing to deploy.")
         info = manifest["variants"].get(name)
-        if info is None or not info.get("offered", info.get("passed", False)):
+        if info is None or info.get("status") not in SERVABLE:
             raise ServingError(f"{manifest_file}: variant '{name}' is not offered for deployment "
-                               f"({(info or {}).get('reason', 'unknown variant')}).")
-        return cls(onnx=Path(export_dir) / name / "model.onnx",
+                               f"({(info or {}).get('status', 'unknown variant')}: {(info or {}).get('reason', '')}).")
+        return cls(onnx=Path(export_dir) / info.get("file", f"{name}/model.onnx"),
                    tokenizer_json=Path(export_dir) / "tokenizer.json",
                    labels=json.loads((Path(export_dir) / "labels.json").read_text()),
                    max_length=int(manifest["max_length"]),
-                   batch_invariant=bool(info.get("batch_invariant", True)),
+                   batch_invariant=info["status"] == "pass",
                    variant=name, pad_id=int(manifest.get("pad_id", 0)))
 
 

@@ -1,0 +1,834 @@
+"""The gateway: text in/out HTTP in front of Triton (DESIGN.md section 4).
+
+It answers `/predict` from the route the traffic policy picks (ftops.serve.traffic),
+logs every answer to the prediction log without making the caller wait for the store,
+takes delayed labels on `/feedback`, and reports `/health` and Prometheus `/metrics`.
+
+Request ids: one per text. A single-text request's id is the response's `request_id`;
+a batch of n texts gets `request_id` for the call and `<request_id>-<i>` per text (in
+each prediction), and each text is one log row under its own id, so `/feedback` always
+names exactly one text. A shadow answer is logged under the same id with route `shadow`.
+
+Routes are re-read from `<project>/triton/routing.json` at most every
+`serving.route_refresh_s`, so a deploy or rollback is followed without a restart.
+
+Process: `ftops gateway up` runs `python -m ftops.serve.gateway --fd N` with a socket
+bound here (port 0 = a free one, no race), state in `<project>/gateway/gateway.json`,
+stopped by PID like Triton. `uvicorn ftops.serve.gateway:app_from_env --factory` also
+works (config from $FTOPS_GATEWAY_CONFIG, else the usual load_config lookup).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, model_validator
+
+from ftops import predlog
+from ftops.config import Config, load_config
+from ftops.errors import FtopsError
+from ftops.serve import server
+from ftops.serve.client import Prediction, TritonClient
+from ftops.serve.deploy import Route, routing
+from ftops.serve.repository import ServingError
+from ftops.serve.traffic import make_policy
+
+ENV_CONFIG = "FTOPS_GATEWAY_CONFIG"
+GRACEFUL_S = 10  # in-flight requests get this long to finish at shutdown
+LOG_CLOSE_S = 15  # then the log buffer this long to reach the store
+STOP_TIMEOUT_S = GRACEFUL_S + LOG_CLOSE_S + 5
+LATENCY_BUCKETS = (.002, .005, .01, .02, .035, .05, .075, .1, .15, .25, .5, 1, 2.5, 5, 10)
+
+
+class GatewayError(FtopsError):
+    pass
+
+
+class RequestError(Exception):
+    """A request the gateway refuses or cannot answer: HTTP status and one clear message."""
+
+    def __init__(self, status: int, message: str, route: str = "-", version: str = "-"):
+        super().__init__(message)
+        self.status, self.message, self.route, self.version = status, message, route, version
+
+
+# ---------------------------------------------------------------- API models
+
+
+class PredictRequest(BaseModel):
+    """Either `text` (one) or `texts` (a batch); `user` makes the A/B arm sticky."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"text": "@united my bag is lost again", "user": "customer-42"}, {"texts": ["great crew", "delayed"]}]})
+    text: StrictStr | None = Field(None, description="one text to classify")
+    texts: list[StrictStr] | None = Field(None, description="several texts; one request id each")
+    user: StrictStr | None = Field(None, max_length=256, description="sticky A/B key (same key, same arm)")
+
+    @model_validator(mode="after")
+    def _one_of(self) -> PredictRequest:
+        if (self.text is None) == (self.texts is None):
+            raise ValueError("send exactly one of 'text' (a string) or 'texts' (a list of strings)")
+        return self
+
+
+class PredictionOut(BaseModel):
+    request_id: str = Field(description="this text's id; send it to /feedback")
+    label: str
+    probs: dict[str, float] = Field(description="probability per label")
+    confidence: float = Field(description="the top probability")
+
+
+class PredictResponse(BaseModel):
+    request_id: str = Field(description="the call's id (equals the prediction's for one text)")
+    predictions: list[PredictionOut]
+    model: str = Field(description="Triton ensemble that answered")
+    version: str | None = Field(description="registry version, when the deploy named one")
+    tag: str = Field(description="deployment tag (v<version> or x<onnx digest>)")
+    route: str = Field(description="champion or challenger")
+
+
+class FeedbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    request_id: StrictStr = Field(min_length=1, max_length=64)
+    label: StrictStr = Field(min_length=1, max_length=128, description="the true label")
+
+
+class FeedbackResponse(BaseModel):
+    request_id: str
+    label: str
+    rows: int = Field(description="log rows updated (the served answer and any shadow answer)")
+
+
+class ErrorResponse(BaseModel):
+    error: str
+    detail: Any | None = None
+
+
+class HealthResponse(BaseModel):
+    status: str = Field(description="ok or unavailable")
+    reason: str | None = None
+    policy: str
+    note: str | None = Field(None, description="why traffic does not follow the policy (no challenger)")
+    champion: dict | None = None
+    challenger: dict | None = None
+    triton: str | None = None
+    log: dict
+
+
+ERRORS = {status: {"model": ErrorResponse, "description": text} for status, text in (
+    (400, "invalid JSON"), (404, "unknown request id"), (413, "text or batch too large"),
+    (422, "wrong types, empty text or unknown label"), (502, "Triton refused the request"),
+    (503, "Triton down, nothing deployed or the prediction log unavailable"))}
+
+
+# ---------------------------------------------------------------- routes, labels, clients
+
+
+@dataclass
+class View:
+    routes: dict[str, Route]
+    server: server.ServerInfo | None
+    read_at: float
+
+
+class RouteTable:
+    """routing.json and Triton's state file, re-read at most every `every_s` seconds."""
+
+    def __init__(self, config: Config, every_s: float):
+        self.config, self.every_s = config, every_s
+        self._view = View({}, None, float("-inf"))
+        self._lock = threading.Lock()
+        self._labels: dict[str, list[str]] = {}
+
+    def view(self) -> View:
+        if time.monotonic() - self._view.read_at < self.every_s:
+            return self._view
+        with self._lock:
+            if time.monotonic() - self._view.read_at >= self.every_s:
+                self._view = self._read()
+        return self._view
+
+    def _read(self) -> View:
+        try:
+            return View(routing(self.config), server.status(self.config), time.monotonic())
+        except (OSError, ValueError, TypeError) as exc:  # a file caught mid-write: keep the last view
+            if self._view.read_at == float("-inf"):
+                raise RequestError(503, f"Cannot read the routing state: {exc}") from None
+            return View(self._view.routes, self._view.server, time.monotonic())
+
+    def labels(self, ensemble: str, export: str | None = None) -> list[str] | None:
+        """The label names of a served ensemble: Triton's repository copy, else the export's."""
+        if ensemble not in self._labels:
+            repo = server.repository_dir(self.config)
+            places = [repo / f"{ensemble}-classifier" / "1" / "labels.json",
+                      repo / f"{ensemble}-postprocess" / "1" / "labels.json"]
+            places += [Path(export) / "labels.json"] if export else []
+            for place in places:
+                if place.is_file():
+                    self._labels[ensemble] = json.loads(place.read_text())
+                    break
+        return self._labels.get(ensemble)
+
+
+class Clients:
+    """Triton clients: one shared per URL for gRPC (thread-safe), one per thread for HTTP
+    (geventhttpclient is not)."""
+
+    def __init__(self, protocol: str, timeout_s: float):
+        self.protocol, self.timeout_s = protocol, timeout_s
+        self._shared: dict[str, TritonClient] = {}
+        self._local = threading.local()
+        self._all: list[TritonClient] = []
+        self._lock = threading.Lock()
+
+    def get(self, url: str) -> TritonClient:
+        pool = self._shared if self.protocol == "grpc" else self._local.__dict__
+        client = pool.get(url)
+        if client is None:
+            with self._lock:
+                client = pool.get(url)
+                if client is None:
+                    client = pool[url] = TritonClient(url, self.protocol, self.timeout_s)
+                    self._all.append(client)
+        return client
+
+    def close(self) -> None:
+        with self._lock:
+            for client in self._all:
+                try:
+                    client.close()
+                except Exception:  # closing a client of a server already gone
+                    pass
+            self._all.clear()
+            self._shared.clear()
+
+
+# ---------------------------------------------------------------- metrics
+
+
+class Metrics:
+    """Prometheus metrics in a registry of this app (several apps may share a process)."""
+
+    def __init__(self, writer: predlog.LogWriter):
+        from prometheus_client import CollectorRegistry, Counter, Histogram
+
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter("ftops_gateway_requests", "Answered requests (a batch is one) by route and model version",
+                                ["route", "version"], registry=self.registry)
+        self.errors = Counter("ftops_gateway_errors", "Failed requests by route, model version and HTTP status",
+                              ["route", "version", "status"], registry=self.registry)
+        self.latency = Histogram("ftops_gateway_latency_seconds", "Triton call latency by model version",
+                                 ["version"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.shadow_dropped = Counter("ftops_gateway_shadow_dropped", "Shadow copies dropped: queue full",
+                                      registry=self.registry)
+        self.registry.register(_LogCollector(writer))
+
+    def text(self) -> bytes:
+        from prometheus_client import generate_latest
+
+        return generate_latest(self.registry)
+
+
+class _LogCollector:
+    """The log writer's own counts, read at scrape time."""
+
+    def __init__(self, writer: predlog.LogWriter):
+        self.writer = writer
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        w = self.writer
+        yield GaugeMetricFamily("ftops_gateway_log_buffer_rows", "Log rows waiting to be written", value=w.buffered)
+        yield CounterMetricFamily("ftops_gateway_log_written_rows", "Log rows written", value=w.written)
+        yield CounterMetricFamily("ftops_gateway_log_dropped_rows", "Log rows dropped (buffer full or "
+                                  "store down at shutdown)", value=w.dropped)
+        yield CounterMetricFamily("ftops_gateway_log_write_errors", "Failed log writes (rows kept, retried)",
+                                  value=w.write_errors)
+
+
+# ---------------------------------------------------------------- the gateway
+
+
+class Gateway:
+    """Everything behind the endpoints; the FastAPI layer only translates HTTP."""
+
+    def __init__(self, config: Config):
+        self.config = config.resolved()
+        self.serving = cfg = self.config.serving
+        self.config.project.dir.mkdir(parents=True, exist_ok=True)
+        self.routes = RouteTable(self.config, cfg.route_refresh_s)
+        self.policy = make_policy(cfg, salt=self.config.project.name)
+        self.clients = Clients(cfg.protocol, cfg.request_timeout_s)
+        self._engine = None
+        self._engine_lock = threading.Lock()
+        self.writer = predlog.LogWriter(self._write, cfg.log_buffer_rows, cfg.log_batch_rows, cfg.log_flush_ms)
+        self.metrics = Metrics(self.writer)
+        self.shadow = ThreadPoolExecutor(max_workers=2, thread_name_prefix="shadow")
+        self._shadow_slots = threading.BoundedSemaphore(cfg.shadow_pending)
+
+    # ------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        try:
+            self.engine()  # the table exists before the first request
+        except Exception as exc:  # the store is down: the writer retries, requests go on
+            self.writer.last_error = f"{type(exc).__name__}: {str(exc)[:300]}"
+        self.writer.start()
+
+    def close(self) -> int:
+        """Finish shadow copies, write every buffered row, close clients; rows lost."""
+        self.shadow.shutdown(wait=True)
+        lost = self.writer.close(LOG_CLOSE_S)
+        self.clients.close()
+        if self._engine is not None:
+            self._engine.dispose()
+        return lost
+
+    def engine(self):
+        """Created on first use, so a store that is down at start only delays the log."""
+        if self._engine is None:
+            with self._engine_lock:
+                if self._engine is None:
+                    self._engine = predlog.engine(self.config.uris.prediction_log)
+        return self._engine
+
+    def _write(self, rows: list[dict]) -> None:
+        predlog.write(self.engine(), rows)
+
+    # ------------------------------------------------ predict
+
+    def predict(self, body: PredictRequest) -> dict:
+        texts = check_texts(body, self.serving.max_text_bytes, self.serving.max_texts_per_request)
+        view = self.routes.view()
+        assignment = self.policy.assign(body.user, "challenger" in view.routes)
+        route, url = self._target(view, assignment.route)
+        call_id = uuid.uuid4().hex
+        ids = [call_id] if body.text is not None else [f"{call_id}-{i}" for i in range(len(texts))]
+        preds, latency_ms = self._classify(url, route, texts, assignment.route)
+        labels = self._labels(route, preds)
+        self._log(ids, texts, preds, latency_ms, route, assignment.route, body.user)
+        if assignment.shadow:
+            self._mirror(view, url, ids, texts, body.user)
+        return {"request_id": call_id, "model": route.ensemble, "version": route.version, "tag": route.tag,
+                "route": assignment.route,
+                "predictions": [{"request_id": rid, "label": p.label, "confidence": p.confidence,
+                                 "probs": dict(zip(labels, p.probs))} for rid, p in zip(ids, preds)]}
+
+    def _target(self, view: View, role: str) -> tuple[Route, str]:
+        route = view.routes.get(role)
+        if route is None:
+            raise RequestError(503, "Nothing is deployed: no champion route in routing.json. "
+                                    "Deploy a model with `ftops deploy --export ...`.")
+        if view.server is None:
+            raise RequestError(503, "Triton is not running for this project. Start it with `ftops serve up`.",
+                               role, _version(route))
+        return route, view.server.url(self.serving.protocol)
+
+    def _classify(self, url: str, route: Route, texts: list[str], role: str) -> tuple[list[Prediction], float]:
+        started = time.perf_counter()
+        try:
+            preds = self.clients.get(url).classify(texts, route.ensemble, self.serving.max_batch_size)
+        except ServingError as exc:
+            message = str(exc)
+            down = "not reachable" in message or "not loaded" in message or "in time" in message
+            raise RequestError(503 if down else 502, message, role, _version(route)) from None
+        seconds = time.perf_counter() - started
+        self.metrics.latency.labels(_version(route)).observe(seconds)
+        self.metrics.requests.labels(role, _version(route)).inc()
+        return preds, 1000 * seconds
+
+    def _labels(self, route: Route, preds: list[Prediction]) -> list[str]:
+        labels = self.routes.labels(route.ensemble, route.export)
+        k = len(preds[0].probs) if preds else 0
+        if labels is None or len(labels) != k:  # no labels file found: name classes by index
+            labels = [str(i) for i in range(k)]
+        return labels
+
+    def _log(self, ids: list[str], texts: list[str], preds: list[Prediction], latency_ms: float,
+             route: Route, role: str, user: str | None) -> None:
+        """Rows into the writer's buffer; the latency is the whole Triton call's, per text."""
+        keep = self.serving.keep_text
+        rows = [predlog.Record(rid, text, p.label, p.confidence, p.probs, latency_ms, route.ensemble,
+                               route.version, role, user).row(keep)
+                for rid, text, p in zip(ids, texts, preds)]
+        self.writer.put(rows)
+
+    # ------------------------------------------------ shadow
+
+    def _mirror(self, view: View, url: str, ids: list[str], texts: list[str], user: str | None) -> None:
+        """Queue a copy for the challenger; a full queue drops the copy (counted), never waits."""
+        if not self._shadow_slots.acquire(blocking=False):
+            self.metrics.shadow_dropped.inc()
+            return
+        try:
+            future = self.shadow.submit(self._shadow_call, view.routes["challenger"], url, ids, texts, user)
+        except RuntimeError:  # shutting down
+            self._shadow_slots.release()
+            return
+        future.add_done_callback(lambda _: self._shadow_slots.release())
+
+    def _shadow_call(self, route: Route, url: str, ids: list[str], texts: list[str], user: str | None) -> None:
+        try:
+            preds, latency_ms = self._classify(url, route, texts, "shadow")
+        except RequestError as exc:
+            self.metrics.errors.labels("shadow", exc.version, str(exc.status)).inc()
+            return
+        self._log(ids, texts, preds, latency_ms, route, "shadow", user)
+
+    # ------------------------------------------------ feedback
+
+    def feedback(self, body: FeedbackRequest) -> dict:
+        models = self._models_of(body.request_id)
+        allowed = sorted({label for m in models for label in (self.routes.labels(m) or [])})
+        if allowed and body.label not in allowed:
+            raise RequestError(422, f"Label '{body.label}' is not one of the model's labels: {', '.join(allowed)}.")
+        rows = self._store(lambda: predlog.add_feedback(self.engine(), body.request_id, body.label))
+        return {"request_id": body.request_id, "label": body.label, "rows": rows}
+
+    def _models_of(self, request_id: str) -> list[str]:
+        """The models that answered it; a request answered a moment ago may still be in the
+        buffer, so an unknown id first waits for the buffer to reach the store."""
+        models = self._store(lambda: predlog.request_models(self.engine(), request_id))
+        if not models and self.writer.buffered:
+            self.writer.flush(timeout_s=5.0)
+            models = self._store(lambda: predlog.request_models(self.engine(), request_id))
+        if not models:
+            raise RequestError(404, f"Unknown request_id '{request_id}': no logged prediction has it. Use the "
+                                    "request_id of one prediction (a batch has one per text).")
+        return models
+
+    def _store(self, call):
+        try:
+            return call()
+        except Exception as exc:  # the store is down: say so rather than a bare 500
+            raise RequestError(503, f"The prediction log is unavailable ({type(exc).__name__}: "
+                                    f"{str(exc)[:300]}); retry later.") from None
+
+    # ------------------------------------------------ health
+
+    def health(self) -> tuple[int, dict]:
+        view = self.routes.view()
+        champion, challenger = view.routes.get("champion"), view.routes.get("challenger")
+        note = self.policy.assign(None, challenger is not None).note
+        reason = self._unhealthy(view, champion)
+        if not reason and challenger is not None and self.policy.name != "champion" and not self.clients.get(
+                view.server.url(self.serving.protocol)).ready(challenger.ensemble):
+            note = f"the challenger {challenger.ensemble} is not loaded on Triton: its share of traffic fails"
+        body = {"status": "unavailable" if reason else "ok", "reason": reason, "policy": self.policy.describe(),
+                "note": note, "champion": _route_dict(champion), "challenger": _route_dict(challenger),
+                "triton": view.server.url(self.serving.protocol) if view.server else None,
+                "log": {"buffered": self.writer.buffered, "written": self.writer.written,
+                        "dropped": self.writer.dropped, "write_errors": self.writer.write_errors,
+                        "last_error": self.writer.last_error}}
+        return (503 if reason else 200), body
+
+    def _unhealthy(self, view: View, champion: Route | None) -> str | None:
+        if view.server is None:
+            return "Triton is not running for this project (`ftops serve up`)."
+        if not server.ready(view.server, timeout=2.0):
+            return f"Triton at {view.server.http_url} does not answer its readiness check."
+        if champion is None:
+            return "No champion route: nothing is deployed (`ftops deploy --export ...`)."
+        if not self.clients.get(view.server.url(self.serving.protocol)).ready(champion.ensemble):
+            return f"The champion model {champion.ensemble} is not loaded on Triton."
+        return None
+
+
+def _version(route: Route) -> str:
+    """The metrics' version label: the registry version, else the deployment tag."""
+    return route.version or route.tag
+
+
+def _route_dict(route: Route | None) -> dict | None:
+    return None if route is None else asdict(route)
+
+
+def check_texts(body: PredictRequest, max_bytes: int, max_texts: int) -> list[str]:
+    """The request's texts, or a 413/422 naming the first offending one."""
+    texts = [body.text] if body.text is not None else list(body.texts or [])
+    if not texts:
+        raise RequestError(422, "'texts' is empty: send at least one text.")
+    if len(texts) > max_texts:
+        raise RequestError(413, f"{len(texts)} texts in one request; the limit is {max_texts} "
+                                "(serving.max_texts_per_request). Split the batch.")
+    for i, text in enumerate(texts):
+        if not text.strip():
+            raise RequestError(422, f"text {i} is empty (or only whitespace); nothing to classify.")
+        try:
+            size = len(text.encode("utf-8"))
+        except UnicodeEncodeError:
+            raise RequestError(422, f"text {i} is not valid Unicode (a lone surrogate escape?).") from None
+        if size > max_bytes:
+            raise RequestError(413, f"text {i} is {size} bytes of UTF-8; the limit is {max_bytes} "
+                                    "(serving.max_text_bytes).")
+    return texts
+
+
+# ---------------------------------------------------------------- the app
+
+
+class BodyLimit:
+    """Refuse a body whose Content-Length alone exceeds any acceptable request, before
+    reading it (ASGI middleware: no per-request overhead beyond one header lookup)."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            length = dict(scope["headers"]).get(b"content-length", b"")
+            if length.isdigit() and int(length) > self.limit:
+                response = JSONResponse({"error": f"request body of {int(length)} bytes is over the gateway's "
+                                                  f"{self.limit} byte limit"}, status_code=413)
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def create_app(config: Config) -> FastAPI:
+    """The gateway's FastAPI app; its lifespan starts the log writer and flushes it at exit."""
+    gateway = Gateway(config)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        gateway.start()
+        yield
+        await run_in_threadpool(gateway.close)
+
+    app = FastAPI(title="ftops gateway", version="1", lifespan=lifespan,
+                  description="Text in, label out, in front of Triton; every answer is logged.")
+    app.state.gateway = gateway
+    cfg = gateway.serving
+    # JSON may spell a byte as \uXXXX (6 bytes) or a 4-byte character as a 12-byte surrogate pair.
+    app.add_middleware(BodyLimit, limit=cfg.max_texts_per_request * cfg.max_text_bytes * 6 + 65536)
+    _handlers(app, gateway)
+    _routes(app, gateway)
+    return app
+
+
+def _handlers(app: FastAPI, gateway: Gateway) -> None:
+    @app.exception_handler(RequestError)
+    async def refused(_request: Request, exc: RequestError):
+        gateway.metrics.errors.labels(exc.route, exc.version, str(exc.status)).inc()
+        return JSONResponse({"error": exc.message}, status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_request: Request, exc: RequestValidationError):
+        errors = exc.errors()
+        if any(e.get("type") == "json_invalid" for e in errors):
+            status, message = 400, f"The body is not valid JSON: {errors[0].get('ctx', {}).get('error', '')}".strip()
+        else:
+            status = 422
+            message = "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:]) or 'body'}: {e['msg']}" for e in errors)
+        gateway.metrics.errors.labels("-", "-", str(status)).inc()
+        detail = [{k: e[k] for k in ("loc", "msg", "type") if k in e} for e in errors]
+        return JSONResponse({"error": message, "detail": detail}, status_code=status)
+
+
+def _routes(app: FastAPI, gateway: Gateway) -> None:
+    @app.post("/predict", response_model=PredictResponse, responses=ERRORS)
+    def predict(body: PredictRequest):
+        """Classify one text or a batch with the route the traffic policy picks."""
+        return gateway.predict(body)
+
+    @app.post("/feedback", response_model=FeedbackResponse, responses=ERRORS)
+    def feedback(body: FeedbackRequest):
+        """Attach the true label to a request's log rows (served and shadow)."""
+        return gateway.feedback(body)
+
+    @app.get("/health", response_model=HealthResponse, responses={503: {"model": HealthResponse}})
+    def health():
+        """200 when Triton answers and the champion is loaded; 503 with the reason otherwise."""
+        status, body = gateway.health()
+        return JSONResponse(body, status_code=status)
+
+    @app.get("/metrics", response_class=Response)
+    def metrics():
+        """Prometheus text format."""
+        from prometheus_client import CONTENT_TYPE_LATEST
+
+        return Response(gateway.metrics.text(), media_type=CONTENT_TYPE_LATEST)
+
+
+def app_from_env() -> FastAPI:
+    """uvicorn factory: the config file named by $FTOPS_GATEWAY_CONFIG (JSON written by
+    `ftops gateway up`, or a project YAML), else the usual load_config lookup."""
+    path = os.environ.get(ENV_CONFIG)
+    if path and path.endswith(".json"):
+        return create_app(Config.model_validate_json(Path(path).read_text()))
+    return create_app(load_config(path or None))
+
+
+# ---------------------------------------------------------------- the process
+
+
+@dataclass
+class GatewayInfo:
+    pid: int
+    host: str
+    port: int
+    log: str
+    config: str
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+
+def state_dir(config: Config) -> Path:
+    return config.resolved().project.dir / "gateway"
+
+
+def _state_file(config: Config) -> Path:
+    return state_dir(config) / "gateway.json"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return b"ftops.serve.gateway" in cmdline and state != "Z"
+
+
+def status(config: Config) -> GatewayInfo | None:
+    """The running gateway of this project, or None (a stale state file is removed)."""
+    path = _state_file(config)
+    if not path.is_file():
+        return None
+    info = GatewayInfo(**json.loads(path.read_text()))
+    if not _alive(info.pid):
+        path.unlink(missing_ok=True)
+        return None
+    return info
+
+
+def probe(url: str, timeout: float = 2.0) -> tuple[int, dict] | None:
+    """GET /health: (status, body), or None when nothing answers."""
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=timeout) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+    except (OSError, ValueError):
+        return None
+
+
+def start(config: Config) -> GatewayInfo:
+    """Start (or return the running) gateway on serving.host:gateway_port (0 = free port).
+
+    The socket is bound here and handed to the child, so port 0 has no race and a busy
+    port fails at once with a clear error. Ready once /health answers (200 or 503)."""
+    running = status(config)
+    if running is not None:
+        return running
+    resolved = config.resolved()
+    folder = state_dir(resolved)
+    folder.mkdir(parents=True, exist_ok=True)
+    config_file = folder / "config.json"
+    config_file.write_text(resolved.model_dump_json(indent=2))
+    sock = _bind(resolved.serving.host, resolved.serving.gateway_port)
+    log = folder / "gateway.log"
+    env = {**os.environ, ENV_CONFIG: str(config_file)}
+    with sock, open(log, "ab") as handle:
+        proc = subprocess.Popen([sys.executable, "-m", "ftops.serve.gateway", "--fd", str(sock.fileno())],
+                                stdout=handle, stderr=subprocess.STDOUT, env=env, cwd=folder,
+                                pass_fds=(sock.fileno(),), start_new_session=True)
+        info = GatewayInfo(proc.pid, resolved.serving.host, sock.getsockname()[1], str(log), str(config_file))
+    _state_file(resolved).write_text(json.dumps(asdict(info)))
+    _wait_ready(resolved, proc, info)
+    return info
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise GatewayError(f"Cannot bind the gateway to {host}:{port} ({exc.strerror}). Another process holds "
+                           "the port: stop it, or set serving.gateway_port (0 picks a free port).") from None
+    sock.listen(2048)
+    return sock
+
+
+def _wait_ready(config: Config, proc: subprocess.Popen, info: GatewayInfo) -> None:
+    deadline = time.monotonic() + config.serving.ready_timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            _state_file(config).unlink(missing_ok=True)
+            raise GatewayError(f"The gateway exited with code {proc.returncode} at start. "
+                               f"Last log lines ({info.log}):\n{server.tail(info.log)}")
+        if probe(info.url) is not None:
+            return
+        time.sleep(0.2)
+    stop(config)
+    raise GatewayError(f"The gateway did not answer /health within {config.serving.ready_timeout_s:.0f} s "
+                       f"(serving.ready_timeout_s). Last log lines ({info.log}):\n{server.tail(info.log)}")
+
+
+def stop(config: Config) -> bool:
+    """SIGTERM (finish in-flight requests, flush the log), SIGKILL after STOP_TIMEOUT_S;
+    True if a gateway was stopped."""
+    info = status(config)
+    if info is None:
+        return False
+    _signal(info.pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    while time.monotonic() < deadline and _alive(info.pid):
+        _reap(info.pid)
+        time.sleep(0.05)
+    if _alive(info.pid):
+        _signal(info.pid, signal.SIGKILL)
+        time.sleep(0.2)
+        _reap(info.pid)
+    _state_file(config).unlink(missing_ok=True)
+    return True
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _reap(pid: int) -> None:
+    """Collect our own child's exit status so it does not linger as a zombie."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def serve_fd(fd: int) -> None:
+    """The child: uvicorn on the inherited socket; SIGTERM runs the graceful shutdown."""
+    import uvicorn
+
+    sock = socket.socket(fileno=fd)
+    config = uvicorn.Config(app_from_env, factory=True, log_level="info", access_log=False,
+                            timeout_graceful_shutdown=GRACEFUL_S, lifespan="on")
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+# ---------------------------------------------------------------- load test
+
+
+@dataclass
+class GatewayLoad:
+    requests: int
+    concurrency: int
+    errors: int
+    wall_s: float
+    throughput: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    statuses: dict[int, int]
+    routes: dict[str, int]
+    feedback: int
+    first_error: str | None = None
+    latencies_ms: list[float] = field(default_factory=list, repr=False)
+
+    def summary(self) -> dict:
+        out = asdict(self)
+        out.pop("latencies_ms")
+        return out
+
+
+def loadtest(url: str, texts: list[str], requests: int = 500, concurrency: int = 4, max_seconds: float = 60.0,
+             users: int = 0, labels: list[str] | None = None, feedback_share: float = 0.0, warmup: int = 10,
+             timeout_s: float = 30.0) -> GatewayLoad:
+    """One text per POST /predict, `concurrency` threads each with a keep-alive httpx
+    client, until `requests` are sent or `max_seconds` pass. With `users`, requests carry
+    one of that many user keys (sticky A/B arms); with `labels` (the texts' true labels),
+    a `feedback_share` of answered requests also gets /feedback (not timed)."""
+    import httpx
+
+    with httpx.Client(base_url=url, timeout=timeout_s) as client:
+        for text in itertools.islice(itertools.cycle(texts), warmup):
+            client.post("/predict", json={"text": text})
+    counter, lock = itertools.count(), threading.Lock()
+    tally: dict[str, Any] = {"lat": [], "errors": [], "statuses": {}, "routes": {}, "feedback": 0}
+    deadline = time.monotonic() + max_seconds
+
+    def one(client: httpx.Client, i: int) -> None:
+        body = {"text": texts[i % len(texts)]}
+        if users:
+            body["user"] = f"user-{i % users}"
+        started = time.perf_counter()
+        try:
+            resp = client.post("/predict", json=body)
+        except httpx.HTTPError as exc:
+            with lock:
+                tally["errors"].append(f"{type(exc).__name__}: {exc}")
+            return
+        elapsed = 1000 * (time.perf_counter() - started)
+        with lock:
+            tally["statuses"][resp.status_code] = tally["statuses"].get(resp.status_code, 0) + 1
+            if resp.status_code != 200:
+                tally["errors"].append(f"HTTP {resp.status_code}: {resp.text[:300]}")
+                return
+            tally["lat"].append(elapsed)
+            route = resp.json()["route"]
+            tally["routes"][route] = tally["routes"].get(route, 0) + 1
+        if labels and (i * 2654435761 % 2 ** 32) / 2 ** 32 < feedback_share:  # a fixed, spread-out share
+            answer = client.post("/feedback", json={"request_id": resp.json()["request_id"],
+                                                    "label": labels[i % len(labels)]})
+            with lock:
+                tally["feedback"] += answer.status_code == 200
+
+    def worker() -> None:
+        with httpx.Client(base_url=url, timeout=timeout_s) as client:
+            while time.monotonic() < deadline:
+                i = next(counter)
+                if i >= requests:
+                    return
+                one(client, i)
+
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(concurrency)]
+    started = time.perf_counter()
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    wall = time.perf_counter() - started
+    lat = tally["lat"]
+    p50, p95, p99 = (float(np.percentile(lat, q)) if lat else float("nan") for q in (50, 95, 99))
+    return GatewayLoad(len(lat) + len(tally["errors"]), concurrency, len(tally["errors"]), wall, len(lat) / wall,
+                       p50, p95, p99, tally["statuses"], tally["routes"], tally["feedback"],
+                       tally["errors"][0] if tally["errors"] else None, lat)
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="The ftops gateway on an inherited socket (see `ftops gateway up`).")
+    parser.add_argument("--fd", type=int, required=True, help="listening socket file descriptor")
+    serve_fd(parser.parse_args(argv).fd)
+
+
+if __name__ == "__main__":
+    main()

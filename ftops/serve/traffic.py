@@ -1,0 +1,242 @@
+"""Traffic policies of the gateway and the online A/B report.
+
+A policy decides, per request, which route answers the caller and whether the challenger
+gets a shadow copy. One small class per policy behind `POLICIES` (same shape for each):
+`champion` (everything to the champion), `ab` (a share to the challenger, sticky per user
+key) and `shadow` (the champion answers, the challenger sees a copy). Without a challenger
+route, `ab` and `shadow` fall back to the champion and say so.
+
+`ab_report` turns logged rows with feedback into per-arm numbers and a significance test:
+unpaired for A/B (the arms answer different requests), paired for shadow (same requests).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+from scipy.stats import norm
+
+from ftops.config import ServingSection
+from ftops.evaluate import BATCH_METRICS, _confusions, mcnemar, paired_bootstrap
+
+NO_CHALLENGER = "no challenger route: all traffic goes to the champion (stage a challenger to split or mirror it)"
+
+
+@dataclass(frozen=True)
+class Assignment:
+    route: str  # the route that answers the caller: "champion" or "challenger"
+    shadow: bool = False  # whether the challenger also gets a copy
+    note: str | None = None  # why the policy did not do what it is configured to
+
+
+class Policy:
+    """Base: `assign(user_key, has_challenger)`; subclasses define `choose`."""
+
+    name: ClassVar[str]
+    needs_challenger: ClassVar[bool] = True
+
+    def assign(self, user_key: str | None, has_challenger: bool) -> Assignment:
+        if self.needs_challenger and not has_challenger:
+            return Assignment("champion", note=NO_CHALLENGER)
+        return self.choose(user_key)
+
+    def choose(self, user_key: str | None) -> Assignment:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        return self.name
+
+
+class ChampionPolicy(Policy):
+    name = "champion"
+    needs_challenger = False
+
+    def choose(self, user_key: str | None) -> Assignment:
+        return Assignment("champion")
+
+
+class ABPolicy(Policy):
+    """`share` of users to the challenger. A user key hashes to a fixed point in [0, 1), so
+    the same key always lands in the same arm (and raising the share only moves users from
+    champion to challenger); requests without a key are split at random, each on its own."""
+
+    name = "ab"
+
+    def __init__(self, share: float, salt: str = "", rng: random.Random | None = None):
+        self.share, self.salt = share, salt
+        self.rng = rng or random.Random()
+
+    def bucket(self, user_key: str) -> float:
+        digest = hashlib.sha256(f"{self.salt}:{user_key}".encode()).digest()
+        return int.from_bytes(digest[:8], "big") / 2.0 ** 64
+
+    def choose(self, user_key: str | None) -> Assignment:
+        point = self.rng.random() if user_key is None else self.bucket(user_key)
+        return Assignment("challenger" if point < self.share else "champion")
+
+    def describe(self) -> str:
+        return f"ab ({self.share:.0%} to the challenger)"
+
+
+class ShadowPolicy(Policy):
+    name = "shadow"
+
+    def choose(self, user_key: str | None) -> Assignment:
+        return Assignment("champion", shadow=True)
+
+
+POLICIES: dict[str, type[Policy]] = {p.name: p for p in (ChampionPolicy, ABPolicy, ShadowPolicy)}
+
+
+def make_policy(serving: ServingSection, salt: str = "") -> Policy:
+    """The configured policy; `salt` (the project name) keeps projects' splits independent."""
+    if serving.traffic == "ab":
+        return ABPolicy(serving.ab_share, salt)
+    return POLICIES[serving.traffic]()
+
+
+# ---------------------------------------------------------------- the online A/B report
+
+
+def ab_report(frame: pd.DataFrame, alpha: float = 0.05, resamples: int = 2000, seed: int = 0) -> dict[str, Any]:
+    """Per-arm numbers and tests from prediction-log rows (`predlog.read(..., routes=ROUTES)`).
+
+    `ab`: champion vs challenger rows that answered callers (unpaired tests).
+    `shadow`: champion answers vs the shadow answers to the same requests (paired tests).
+    Either is None when the log has no such traffic. Metrics use rows with feedback;
+    latency uses every row of the arm.
+    """
+    labels = _label_codes(frame)
+    return {"alpha": alpha, "labels": labels,
+            "ab": _ab_section(frame, labels, alpha, resamples, seed),
+            "shadow": _shadow_section(frame, labels, alpha, resamples, seed)}
+
+
+def _label_codes(frame: pd.DataFrame) -> list[str]:
+    seen = set(frame["prediction"].dropna()) | set(frame["feedback"].dropna()) if len(frame) else set()
+    return sorted(seen)
+
+
+def _ab_section(frame: pd.DataFrame, labels: list[str], alpha: float, resamples: int, seed: int) -> dict | None:
+    arms = {arm: frame[frame["route"] == arm] for arm in ("champion", "challenger")}
+    if arms["challenger"].empty:
+        return None
+    summary = {arm: arm_summary(rows, labels, alpha, resamples, seed) for arm, rows in arms.items()}
+    judged = {arm: _with_feedback(rows) for arm, rows in arms.items()}
+    test = unpaired_test(*(judged[a] for a in ("champion", "challenger")), labels, alpha, resamples, seed)
+    return {"arms": summary, "test": test}
+
+
+def _shadow_section(frame: pd.DataFrame, labels: list[str], alpha: float, resamples: int, seed: int) -> dict | None:
+    shadow = frame[frame["route"] == "shadow"]
+    if shadow.empty:
+        return None
+    served = frame[(frame["route"] == "champion") & frame["request_id"].isin(set(shadow["request_id"]))]
+    summary = {"champion": arm_summary(served, labels, alpha, resamples, seed),
+               "shadow": arm_summary(shadow, labels, alpha, resamples, seed)}
+    pairs = _with_feedback(served)[["request_id", "prediction", "feedback"]].merge(
+        shadow[["request_id", "prediction"]], on="request_id", suffixes=("_champion", "_shadow"))
+    return {"arms": summary, "test": paired_test(pairs, labels, alpha, resamples, seed)}
+
+
+def _with_feedback(rows: pd.DataFrame) -> pd.DataFrame:
+    return rows[rows["feedback"].notna()]
+
+
+def _codes(values: pd.Series, labels: list[str]) -> np.ndarray:
+    index = {label: i for i, label in enumerate(labels)}
+    return np.array([index[v] for v in values], dtype=int)
+
+
+def arm_summary(rows: pd.DataFrame, labels: list[str], alpha: float, resamples: int, seed: int) -> dict[str, Any]:
+    """Requests, models seen, latency p50/p99 and, on rows with feedback, accuracy and
+    macro-F1 with percentile bootstrap CIs."""
+    judged = _with_feedback(rows)
+    latency = rows["latency_ms"].to_numpy(dtype=float)
+    out: dict[str, Any] = {
+        "requests": int(len(rows)), "n": int(len(judged)),
+        "models": sorted(set(rows["model"])), "versions": sorted({v for v in rows["version"] if v is not None}),
+        "p50_ms": float(np.percentile(latency, 50)) if len(latency) else None,
+        "p99_ms": float(np.percentile(latency, 99)) if len(latency) else None,
+    }
+    for metric in BATCH_METRICS:
+        out[metric] = out[f"{metric}_ci"] = None
+    if len(judged):
+        y, p = _codes(judged["feedback"], labels), _codes(judged["prediction"], labels)
+        for metric in BATCH_METRICS:
+            value, low, high = bootstrap_ci(y, p, len(labels), metric, alpha, resamples, seed)
+            out[metric], out[f"{metric}_ci"] = value, [low, high]
+    return out
+
+
+def bootstrap_ci(y: np.ndarray, p: np.ndarray, k: int, metric: str, alpha: float, resamples: int,
+                 seed: int) -> tuple[float, float, float]:
+    """A metric and its percentile bootstrap interval (rows resampled with replacement)."""
+    value, draws = _bootstrap(y, p, k, metric, resamples, np.random.default_rng(seed))
+    low, high = np.quantile(draws, [alpha / 2, 1 - alpha / 2])
+    return value, float(low), float(high)
+
+
+def _bootstrap(y: np.ndarray, p: np.ndarray, k: int, metric: str, resamples: int,
+               rng: np.random.Generator) -> tuple[float, np.ndarray]:
+    score, codes, n = BATCH_METRICS[metric], y * k + p, len(y)
+    value = float(score(_confusions(codes, np.arange(n)[None, :], k))[0])
+    draws = [score(_confusions(codes, rng.integers(0, n, size=(min(500, resamples - s), n)), k))
+             for s in range(0, resamples, 500)]
+    return value, np.concatenate(draws)
+
+
+def unpaired_test(a: pd.DataFrame, b: pd.DataFrame, labels: list[str], alpha: float, resamples: int,
+                  seed: int) -> dict[str, Any]:
+    """Challenger (b) vs champion (a) on different requests: a pooled two-proportion z-test
+    on accuracy, and a bootstrap CI of the macro-F1 difference resampling each arm on its own."""
+    if a.empty or b.empty:
+        return {"test": "two-proportion z", "p_value": None,
+                "reason": "an arm has no rows with feedback yet"}
+    k = len(labels)
+    ya, pa = _codes(a["feedback"], labels), _codes(a["prediction"], labels)
+    yb, pb = _codes(b["feedback"], labels), _codes(b["prediction"], labels)
+    z, p_value = two_proportion_z(int((ya == pa).sum()), len(ya), int((yb == pb).sum()), len(yb))
+    rng = np.random.default_rng(seed)
+    f1_a, draws_a = _bootstrap(ya, pa, k, "macro_f1", resamples, rng)
+    f1_b, draws_b = _bootstrap(yb, pb, k, "macro_f1", resamples, rng)
+    diff = draws_b - draws_a
+    low, high = np.quantile(diff, [alpha / 2, 1 - alpha / 2])
+    share = min(1.0, 2 * min(float(np.mean(diff <= 0)), float(np.mean(diff >= 0))))
+    return {"test": "two-proportion z (accuracy)", "accuracy_delta": float((yb == pb).mean() - (ya == pa).mean()),
+            "z": z, "p_value": p_value, "macro_f1_delta": f1_b - f1_a,
+            "macro_f1_delta_ci": [float(low), float(high)], "macro_f1_p_value": share,
+            "significant": bool(p_value < alpha)}
+
+
+def two_proportion_z(hits_a: int, n_a: int, hits_b: int, n_b: int) -> tuple[float, float]:
+    """Pooled z statistic of p_b - p_a and its two-sided p-value (equals Pearson's
+    chi-square on the 2x2 table without continuity correction)."""
+    pooled = (hits_a + hits_b) / (n_a + n_b)
+    se = np.sqrt(pooled * (1 - pooled) * (1 / n_a + 1 / n_b))
+    if se == 0:
+        return 0.0, 1.0
+    z = (hits_b / n_b - hits_a / n_a) / se
+    return float(z), float(2 * norm.sf(abs(z)))
+
+
+def paired_test(pairs: pd.DataFrame, labels: list[str], alpha: float, resamples: int, seed: int) -> dict[str, Any]:
+    """Shadow vs champion on the same requests: exact McNemar on accuracy and the paired
+    bootstrap of the macro-F1 difference (ftops.evaluate)."""
+    if pairs.empty:
+        return {"test": "McNemar (paired)", "p_value": None,
+                "reason": "no request has both a champion and a shadow answer with feedback"}
+    y = _codes(pairs["feedback"], labels)
+    champion, shadow = _codes(pairs["prediction_champion"], labels), _codes(pairs["prediction_shadow"], labels)
+    mc = mcnemar(y, champion, shadow)
+    boot = paired_bootstrap(y, champion, shadow, "macro_f1", resamples, seed, alpha)
+    return {"test": "McNemar (paired)", "pairs": int(len(pairs)),
+            "accuracy_delta": float((shadow == y).mean() - (champion == y).mean()),
+            "b01": mc.b01, "b10": mc.b10, "p_value": mc.p_value, "macro_f1_delta": boot.delta,
+            "macro_f1_delta_ci": [boot.ci_low, boot.ci_high], "macro_f1_p_value": boot.p_two_sided,
+            "agreement": float((champion == shadow).mean()), "significant": bool(mc.p_value < alpha)}
