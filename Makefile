@@ -12,12 +12,14 @@ export DO_NOT_TRACK := true
 export MLFLOW_DISABLE_TELEMETRY := true
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: setup demo test test-fast bench clean-venvs help
+.PHONY: setup demo up down test test-fast bench clean-venvs help
 
 help:
 	@echo "make demo   set up, then run the main job"
 	@echo "make test   set up, then run the whole test suite"
 	@echo "make setup  only set up (.venv, serving venv, tritonserver)"
+	@echo "make up     start every service (Prefect, MLflow UI, Triton, gateway, Evidently UI, deployments)"
+	@echo "make down   stop them (and the demo's) by PID"
 
 setup: $(VENV)/.ftops-setup $(SERVING_VENV)/.ftops-setup
 
@@ -42,6 +44,13 @@ $(SERVING_VENV)/.ftops-setup: requirements/serving.txt requirements/serving.lock
 
 demo: setup
 	$(VENV)/bin/ftops demo
+
+up: setup
+	$(VENV)/bin/ftops up
+
+# Stops the default project's services and the demo's, by PID.
+down:
+	@test -x $(VENV)/bin/ftops || exit 0; $(VENV)/bin/ftops down; $(VENV)/bin/ftops down -c deploy/demo.yaml
 
 test: setup
 	$(VENV)/bin/python -m pytest tests

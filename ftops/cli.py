@@ -4,6 +4,7 @@ and exit 2; anything else is a bug and keeps its traceback."""
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -523,14 +524,64 @@ def models_ls():
 
 
 @app.command("demo")
-def demo(config: ConfigOption = None, project_dir: ProjectDirOption = None):
-    """The main job on the bundled corpus (so far: the data stage of the drift story)."""
-    from ftops import data as data_stage
+def demo(
+    config: Annotated[Path, typer.Option("--config", "-c", help="Demo project YAML.")] = Path("deploy/demo.yaml"),
+    keep: Annotated[bool, typer.Option("--keep/--reset", help="Keep the demo project dir instead of starting fresh.")] = False,
+    down: Annotated[bool, typer.Option("--down/--stay-up", help="Stop the services at the end.")] = False,
+):
+    """The whole drift story end to end: first champion, traffic shift, drift, automatic retraining."""
+    from flows import demo as story_module
+    from ftops import services
 
-    for source in ("builtin:tweets?domain=airline", "builtin:tweets?exclude_domain=airline"):
-        cfg = _config(config, {"data.source": source}, project_dir)
-        out.rule(f"data prepare {source}")
-        print_snapshot(data_stage.prepare(cfg))
+    started = time.monotonic()
+    story = story_module.run(str(config), reset=not keep, say=lambda line: out.print(line, highlight=False))
+    table = Table("step", "what happened", "key figures", "s", title=f"ftops demo: {story.total_s / 60:.1f} min")
+    for step in story.steps:
+        table.add_row(step.name, step.what, step.figures, f"{step.seconds:.0f}")
+    out.print(table)
+    if story.drift_to_run_s is not None:
+        out.print(f"drift event -> retraining run started: {story.drift_to_run_s:.1f} s")
+    for name, url in story.links.items():
+        out.print(f"{name:>12}: {url}")
+    if down:
+        services.down(_config(config))
+    else:
+        out.print("services keep running: `ftops down -c deploy/demo.yaml` stops them")
+    out.print(f"total {time.monotonic() - started:.0f} s")
+
+
+@app.command("up")
+def up_cmd(config: ConfigOption = None, project_dir: ProjectDirOption = None):
+    """Start every service on 127.0.0.1 (Prefect, MLflow UI, Triton, gateway, Evidently UI, deployments)."""
+    from ftops import services
+
+    cfg = _config(config, project_dir=project_dir)
+    print_services(services.up(cfg, str(config) if config else None))
+
+
+@app.command("down")
+def down_cmd(config: ConfigOption = None, project_dir: ProjectDirOption = None):
+    """Stop every service of the project by PID."""
+    from ftops import services
+
+    stopped = services.down(_config(config, project_dir=project_dir))
+    out.print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
+
+
+@app.command("status")
+def status_cmd(config: ConfigOption = None, project_dir: ProjectDirOption = None):
+    """Which services run, where, and their logs."""
+    from ftops import services
+
+    print_services(services.status(_config(config, project_dir=project_dir)))
+
+
+def print_services(rows) -> None:
+    table = Table("service", "state", "url", "pid", "log", title="services")
+    for row in rows:
+        colour = "green" if row.state == "up" else "red"
+        table.add_row(row.name, f"[{colour}]{row.state}[/]", row.url, str(row.pid or ""), row.log or "")
+    out.print(table)
 
 
 # ---------------------------------------------------------------- gateway, online A/B

@@ -191,7 +191,7 @@ class MonitoringSection(Section):
     min_feedback: int = Field(30, ge=1, description="labelled rows a window needs for label drift and live quality")
     embedding_sample: int = Field(200, ge=20, description="rows a side for embedding drift")
     embedding_dims: int = Field(10, ge=2, description="PCA components embeddings are reduced to")
-    keep_reports: int = Field(500, ge=1, description="newest HTML reports kept (each is ~4 MB, Evidently inlines its JS)")
+    keep_reports: int = Field(100, ge=1, description="newest HTML reports kept (each is ~4 MB, Evidently inlines its JS)")
 
     @model_validator(mode="after")
     def _hits_fit_windows(self) -> MonitoringSection:

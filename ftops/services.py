@@ -107,7 +107,7 @@ def up(config: Config, config_path: str | None = None, only: tuple[str, ...] = O
         elif name == "evidently":
             from ftops import monitor
 
-            monitor.ui_up(config)
+            monitor.ui_start(config)
         elif name == "deployments":
             procs.start(base, deployments_service(config, env, config_path))
     return status(config)
@@ -129,7 +129,7 @@ def down(config: Config) -> list[str]:
         elif name == "evidently":
             from ftops import monitor
 
-            done = monitor.ui_down(config)
+            done = monitor.ui_stop(config)
         else:
             done = procs.stop(base, name)
         if done:

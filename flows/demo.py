@@ -1,0 +1,297 @@
+"""The demo: the drift story of DESIGN.md section 6, end to end, on the real corpus and the
+real MiniLM, through the real services.
+
+1. services up (Prefect, MLflow UI, Triton, gateway, Evidently UI, the deployments process);
+2. the first lifecycle run, started through Prefect: airline champion, A/B vs the baseline,
+   ONNX export, Triton behind the P99 gate;
+3. in-domain traffic through the gateway, a drift check: no drift;
+4. traffic shifts to the other domains (labels arrive as feedback), drift checks until the
+   monitor emits `ftops.drift.detected`; the deployment trigger starts the lifecycle;
+5. the retrained model (old + new data) is A/B'd, exported, deployed and promoted;
+6. before/after macro-F1 of both versions on held-out rows of both domains, via Triton.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import f1_score
+
+from ftops import corpora, data, registry, services
+from ftops.config import Config, load_config
+
+IN_DOMAIN_TRAFFIC = 300
+SHIFTED_TRAFFIC = 900
+HOLDOUT = 600
+
+
+@dataclass
+class Step:
+    name: str
+    what: str
+    figures: str
+    seconds: float
+
+
+@dataclass
+class Story:
+    steps: list[Step] = field(default_factory=list)
+    links: dict[str, str] = field(default_factory=dict)
+    before_after: dict[str, dict[str, float]] = field(default_factory=dict)
+    drift_to_run_s: float | None = None
+    total_s: float = 0.0
+
+
+def run(config_path: str, reset: bool = True, say: Callable[[str], None] = print,
+        shifted_traffic: int = SHIFTED_TRAFFIC) -> Story:
+    started = time.monotonic()
+    config_path = str(Path(config_path).resolve())
+    config = load_config(config_path)
+    os.environ.update(services.environment(config, config_path))
+    story = Story()
+    if reset:
+        services.down(config)
+        shutil.rmtree(config.resolved().project.dir, ignore_errors=True)
+
+    clock = time.monotonic()
+    rows = services.up(config, config_path)
+    story.links = {r.name: r.url for r in rows if r.url}
+    story.steps.append(Step("services", "Prefect, MLflow UI, Triton, gateway, Evidently UI, deployments",
+                            ", ".join(f"{r.name} {r.state}" for r in rows), time.monotonic() - clock))
+    say(f"services up in {story.steps[-1].seconds:.0f} s")
+
+    clock = time.monotonic()
+    first = start_lifecycle(config_path, "initial")
+    state = wait_for(first, say)
+    champion = registry.find(config, registry.CHAMPION)
+    if champion is None:
+        raise RuntimeError(f"The first lifecycle run ended {state} without a champion; see the Prefect UI "
+                           f"({story.links.get('prefect')}) and {config.resolved().project.dir / 'decisions'}.")
+    story.steps.append(Step("first champion", f"lifecycle run {state}: airline model v{champion.version} "
+                            "trained, A/B'd vs the TF-IDF baseline, exported, deployed behind the P99 gate",
+                            decision_figures(config) + "; " + deploy_figures(config), time.monotonic() - clock))
+    say(story.steps[-1].what)
+
+    snapshot = data.load_snapshot(data.snapshot_root(config), champion.tags["ftops.data_snapshot"])
+    airline_unused, shifted, holdout = traffic_sets(snapshot, config.data.seed, shifted_traffic)
+    gateway_url = story.links["gateway"]
+
+    clock = time.monotonic()
+    send(gateway_url, airline_unused.head(IN_DOMAIN_TRAFFIC), feedback_share=0.3)
+    check = run_check(config_path, say)
+    story.steps.append(Step("in-domain traffic", f"{IN_DOMAIN_TRAFFIC} airline tweets via the gateway; drift check",
+                            check, time.monotonic() - clock))
+
+    clock = time.monotonic()
+    event_time = None
+    chunk = max(1, shifted_traffic // 3)
+    for start in range(0, shifted_traffic, chunk):
+        send(gateway_url, shifted.iloc[start:start + chunk], feedback_share=1.0)
+        before = datetime.now(UTC)
+        check = run_check(config_path, say)
+        if "ALERT" in check:
+            event_time = before
+            break
+    if event_time is None:
+        raise RuntimeError("The traffic shifted but no drift alert was raised; see `ftops monitor history`.")
+    story.steps.append(Step("traffic shifts", f"{shifted_traffic} tweets of other domains with feedback labels; "
+                            "drift checks until the alert", check, time.monotonic() - clock))
+
+    clock = time.monotonic()
+    retrain_run, delay = find_triggered_run(event_time, say)
+    story.drift_to_run_s = delay
+    state = wait_for(retrain_run, say)
+    new_champion = registry.find(config, registry.CHAMPION)
+    promoted = new_champion is not None and new_champion.version != champion.version
+    story.steps.append(Step("drift-triggered retraining", f"lifecycle run {state} started by the drift event "
+                            f"after {delay:.1f} s; {'promoted v' + new_champion.version if promoted else 'NOT promoted'}",
+                            decision_figures(config) + "; " + deploy_figures(config), time.monotonic() - clock))
+    say(story.steps[-1].what)
+
+    clock = time.monotonic()
+    story.before_after = before_after(config, snapshot.split("test"), holdout)
+    figures = "; ".join(f"{who}: airline {v['airline']:.3f}, other domains {v['other domains']:.3f}"
+                        for who, v in story.before_after.items())
+    story.steps.append(Step("before / after", "macro-F1 of both versions on held-out rows of both domains, via Triton",
+                            figures, time.monotonic() - clock))
+    story.total_s = time.monotonic() - started
+    return story
+
+
+# ---------------------------------------------------------------- Prefect
+
+
+def start_lifecycle(config_path: str, reason: str):
+    from prefect.deployments import run_deployment
+
+    return run_deployment("lifecycle/lifecycle", parameters={"config_path": config_path, "reason": reason},
+                          timeout=0)
+
+
+def wait_for(flow_run, say: Callable[[str], None], limit_s: float = 3600) -> str:
+    from prefect.client.orchestration import get_client
+
+    deadline = time.monotonic() + limit_s
+    last = None
+    with get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:
+            current = client.read_flow_run(flow_run.id)
+            if current.state and current.state.name != last:
+                last = current.state.name
+                say(f"  flow run {current.name}: {last}")
+            if current.state and current.state.is_final():
+                return current.state.name
+            time.sleep(2)
+    raise TimeoutError(f"flow run {flow_run.id} did not finish in {limit_s:.0f} s")
+
+
+def run_check(config_path: str, say: Callable[[str], None]) -> str:
+    """One drift check, as a run of the monitor deployment (visible in the Prefect UI)."""
+    from prefect.deployments import run_deployment
+
+    from ftops import monitor
+
+    flow_run = run_deployment("monitor_drift/monitor", parameters={"config_path": config_path}, timeout=600)
+    latest = monitor.history(load_config(config_path), last=1)
+    line = describe(latest[0]) if latest else f"check run {flow_run.state.name}"
+    say(f"  drift check: {line}")
+    return line
+
+
+def describe(check) -> str:
+    top = ", ".join(f"{s.name} {s.score:.2f}" for s in check.top(3))
+    share = "-" if check.drifted_share is None else f"{check.drifted_share:.2f}"
+    alert = " ALERT (event sent)" if check.alert and check.event_sent else " ALERT" if check.alert else ""
+    return f"{check.decision}{alert}: window {check.window_size}, drifted share {share}; top {top}"
+
+
+def find_triggered_run(after: datetime, say: Callable[[str], None], limit_s: float = 120):
+    """The lifecycle run the drift trigger created, and seconds from the check's start to
+    the run's start (event emitted -> automation -> run scheduled -> runner picks it up)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterExpectedStartTime
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    deadline = time.monotonic() + limit_s
+    with get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:
+            runs = client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(expected_start_time=FlowRunFilterExpectedStartTime(after_=after)),
+                sort=FlowRunSort.START_TIME_DESC)
+            for run in runs:
+                if run.parameters.get("reason") == "drift" and run.start_time is not None:
+                    events = event_time(client, after)
+                    delay = (run.start_time - (events or after)).total_seconds()
+                    say(f"  drift event -> lifecycle run {run.name} started in {delay:.1f} s")
+                    return run, delay
+            time.sleep(0.5)
+    raise TimeoutError("No lifecycle run was started by the drift event within "
+                       f"{limit_s:.0f} s; check the deployments process log.")
+
+
+def event_time(client, after: datetime) -> datetime | None:
+    """When the drift event occurred, read back from Prefect's event store."""
+    from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter
+
+    try:
+        page = client.request("POST", "/events/filter", json={"filter": EventFilter(
+            event=EventNameFilter(name=["ftops.drift.detected"]),
+            occurred=EventOccurredFilter(since=after)).model_dump(mode="json"), "limit": 5})
+        events = page.json().get("events", [])
+    except Exception:
+        return None
+    if not events:
+        return None
+    return datetime.fromisoformat(events[0]["occurred"].replace("Z", "+00:00"))
+
+
+# ---------------------------------------------------------------- traffic
+
+
+def traffic_sets(snapshot, seed: int, shifted_traffic: int) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Airline tweets the champion never saw; other-domain tweets for traffic (with
+    feedback); other-domain tweets held out for the before/after figures."""
+    airline, _ = corpora.load_builtin("builtin:tweets?domain=airline")
+    used = set().union(*(set(snapshot.split(s)["row"]) for s in data.SPLITS))
+    unused = airline[~airline["row"].isin(used)].sample(frac=1.0, random_state=seed)
+    others, _ = corpora.load_builtin("builtin:tweets?exclude_domain=airline")
+    others = others.sample(frac=1.0, random_state=seed).reset_index(drop=True)
+    return unused, others.iloc[:shifted_traffic], others.iloc[shifted_traffic:shifted_traffic + HOLDOUT]
+
+
+def send(gateway_url: str, frame: pd.DataFrame, feedback_share: float, batch: int = 16) -> int:
+    """Texts through the gateway; the true labels of a share come back later as feedback."""
+    rng = np.random.default_rng(0)
+    sent = 0
+    for start in range(0, len(frame), batch):
+        part = frame.iloc[start:start + batch]
+        answer = post(f"{gateway_url}/predict", {"texts": list(part["text"]), "user": f"demo-{start}"})
+        for prediction, label in zip(answer["predictions"], part["label"]):
+            if rng.random() < feedback_share:
+                post(f"{gateway_url}/feedback", {"request_id": prediction["request_id"], "label": label})
+        sent += len(part)
+    return sent
+
+
+def post(url: str, body: dict) -> dict:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return json.loads(response.read())
+
+
+# ---------------------------------------------------------------- figures
+
+
+def decision_figures(config: Config) -> str:
+    folders = sorted((config.resolved().project.dir / "decisions").glob("*/decision.json"))
+    if not folders:
+        return "no decision"
+    decision = json.loads(folders[-1].read_text())
+    f1 = {k: (v or {}).get("macro_f1") for k, v in decision["metrics"].items()}
+    parts = [f"A/B {decision['outcome']}: challenger {f1['challenger']:.3f}"]
+    for other in ("champion", "baseline"):
+        if f1.get(other) is not None:
+            parts.append(f"{other} {f1[other]:.3f}")
+    return ", ".join(parts)
+
+
+def deploy_figures(config: Config) -> str:
+    from ftops.serve import deploy
+
+    champion = deploy.routing(config).get("champion")
+    if champion is None:
+        return "not deployed"
+    version = registry.find(config, registry.CHAMPION)
+    tag = (version.tags.get("ftops.deploy") if version else None) or ""
+    return f"serving {champion.ensemble} ({champion.variant}) {tag}"
+
+
+def before_after(config: Config, airline_test: pd.DataFrame, holdout: pd.DataFrame) -> dict[str, dict[str, float]]:
+    """Macro-F1 of the previous and the current champion, both served by Triton."""
+    from ftops.serve import deploy, server
+    from ftops.serve.client import TritonClient
+
+    routes = deploy.routing(config)
+    info = server.status(config)
+    out = {}
+    with TritonClient(info.url(config.serving.protocol), config.serving.protocol) as client:
+        for role, name in (("before (previous)", "previous"), ("after (champion)", "champion")):
+            if name not in routes:
+                continue
+            model = routes[name].ensemble
+            out[role] = {}
+            for domain, frame in (("airline", airline_test), ("other domains", holdout)):
+                preds = [p.label for p in client.classify(list(frame["text"]), model)]
+                out[role][domain] = float(f1_score(frame["label"], preds, average="macro"))
+    return out
