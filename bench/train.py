@@ -24,7 +24,7 @@ from sklearn.metrics import f1_score
 from ftops import data, models, train
 from ftops.config import Config
 
-LR = {"full": 5e-5, "freeze": 1e-4, "llrd": 1e-4, "lora": 5e-4, "ia3": 3e-3, "prompt_tuning": 3e-2}
+LR = {"full": 1e-4, "freeze": 1e-4, "llrd": 1e-4, "lora": 2e-3, "ia3": 3e-3, "prompt_tuning": 3e-2}
 PARAMS = {"lora": {"rank": 8, "target_modules": "all-linear"}}
 
 

@@ -52,7 +52,14 @@ def train_candidates(config_path: str | None, snapshot_id: str, parent_version: 
         champion_dir = registry.download(config, parent_version)
         old = data.load_snapshot(data.snapshot_root(config), registry.get(config, parent_version).tags["ftops.data_snapshot"])
         retrain = train.RetrainSources(teacher_dir=champion_dir, old_train=old.split("train"))
-    result = train.train_round(config, snapshot, retrain=retrain, parent_model_version=parent_version)
+    def progress_for(name: str):
+        def report(step: int, total: int, metrics: dict) -> None:
+            if "eval_macro_f1" in metrics:
+                print(f"{name}: step {step}/{total}, val macro-F1 {metrics['eval_macro_f1']:.3f}")
+        return report
+
+    result = train.train_round(config, snapshot, retrain=retrain, parent_model_version=parent_version,
+                               progress_for=progress_for)
     best, run_id = max(result.candidates, key=lambda item: item[0].val_macro_f1)
     table = {r.candidate: {"val_macro_f1": r.val_macro_f1, "test_macro_f1": r.test_macro_f1,
                            "trainable_share": r.trainable_share, "wall_seconds": r.wall_seconds}
@@ -88,10 +95,11 @@ def export_and_deploy(config_path: str | None, version: str, snapshot_id: str, r
 
     config = _config(config_path)
     snapshot = data.load_snapshot(data.snapshot_root(config), snapshot_id)
-    exported = export.export_version(config, version, snapshot, run_id=run_id)
+    exported = export.export_version(config, version, snapshot, run_id=run_id, progress=print)
     if exported.selected is None:
-        print(f"export: no variant passed the parity gate ({exported.why}); champion keeps serving")
-        return {"outcome": "rejected", "reason": f"export: {exported.why}", "export": str(exported.out_dir)}
+        print(f"export: no variant passed the parity gate ({exported.selection_reason}); champion keeps serving")
+        return {"outcome": "rejected", "reason": f"export: {exported.selection_reason}",
+                "export": str(exported.out_dir)}
     server.start(config)
     deploy.reload_routes(config)
     test_texts = list(snapshot.split("test")["text"])

@@ -882,55 +882,12 @@ def export_cmd(
     cfg = _config(config, project_dir=project_dir)
     snap = _snapshot(cfg, snapshot)
     ref = decide.resolve(cfg, model)
-    labels = _model_labels(ref)
-    if labels != snap.labels:
-        raise FtopsError(f"Model '{model}' predicts labels {labels} but snapshot {snap.id} has {snap.labels}: "
-                         "the parity gate needs the model's own label set. Pass --snapshot with a matching snapshot.")
-    source, run_id = _export_source(cfg, ref, snap)
-    target = out_dir or _default_export_dir(cfg, ref)
-    train_texts, test = snap.split("train")["text"], snap.split("test")
-    label2id = {label: i for i, label in enumerate(labels)}
-    out.print(f"[bold]export[/] {model} ({ref.folder}) with snapshot {snap.id} -> {target}")
-    result = export_stage.export_model(
-        ref.folder, target, list(train_texts.sample(n=min(200, len(train_texts)), random_state=cfg.data.seed)),
-        cfg.model.max_length, parity_texts=list(test["text"]), parity_labels=[label2id[l] for l in test["label"]],
-        gates=cfg.gates, source=source, run_id=run_id, progress=lambda line: out.print(f"  {line}", highlight=False))
+    out.print(f"[bold]export[/] {model} ({ref.folder}) with snapshot {snap.id}")
+    result = export_stage.export_ref(cfg, ref, snap, out_dir,
+                                     progress=lambda line: out.print(f"  {line}", highlight=False))
     print_export(result)
     if result.selected is None:
         raise typer.Exit(1)
-
-
-def _model_labels(ref) -> list[str]:
-    import json
-
-    return json.loads((ref.folder / "model" / "ftops.json").read_text())["labels"]
-
-
-def _export_source(cfg, ref, snap) -> tuple[dict[str, Any], str | None]:
-    """Lineage for the manifest: the model (folder, version, run), the snapshot and its hash,
-    and the candidate's metrics when known; plus the MLflow run to log the export into."""
-    import json
-
-    from ftops import registry
-
-    run_id = registry.get(cfg, ref.version).run_id if ref.version else None
-    result_file = ref.folder / "result.json"
-    metrics = {}
-    if result_file.is_file():
-        saved = json.loads(result_file.read_text())
-        metrics = {k: saved[k] for k in ("val_macro_f1", "test_macro_f1", "test_accuracy") if k in saved}
-    manifest = snap.path / "manifest.json"
-    data_sha = json.loads(manifest.read_text()).get("sha256") if manifest.is_file() else None
-    source = {"model": ref.label, "folder": str(ref.folder), "registry_version": ref.version, "run_id": run_id,
-              "snapshot": snap.id, "data_sha256": data_sha, "metrics": metrics}
-    return source, run_id
-
-
-def _default_export_dir(cfg, ref) -> Path:
-    import time
-
-    name = f"v{ref.version}" if ref.version else Path(ref.folder).resolve().name
-    return cfg.resolved().project.dir / "exports" / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def print_export(result) -> None:

@@ -473,8 +473,8 @@ def retraining_frame(old: Snapshot, feedback: pd.DataFrame) -> pd.DataFrame:
     """The champion's labelled rows (all splits) plus labelled traffic, each tagged with its
     `source`, so the next snapshot's test split holds both and the A/B can gate on each."""
     original = pd.concat([old.split(s) for s in SPLITS], ignore_index=True)
-    if "augmented" in original:
-        original = original[~original["augmented"]]
+    if "augmented" in original:  # only the train split has the column: NaN elsewhere
+        original = original[~original["augmented"].fillna(False).astype(bool)]
     original = original[["text", "label"]].assign(source="original")
     new = feedback[["text", "label"]].assign(source="feedback")
     return pd.concat([original, new], ignore_index=True)

@@ -112,3 +112,12 @@ def test_prepare_accepts_rows_in_memory(project):
     manifest = json.loads((snap.path / "manifest.json").read_text())
     assert manifest["source"] == "retrain: original + feedback" and len(manifest["source_sha256"]) == 64
     assert set(snap.split("test")["source"]) == {"original", "feedback"}
+
+
+def test_retraining_frame_keeps_originals_and_tags_sources(tmp_path, project):
+    rows = [(f"row {i} negative words", "neg") for i in range(40)] + [(f"row {i} positive words", "pos") for i in range(40)]
+    snap = data.prepare(project(source=str(write_csv(tmp_path / "d.csv", rows)), augment={"enabled": True}))
+    feedback = pd.DataFrame({"text": ["new domain text"], "label": ["pos"]})
+    frame = data.retraining_frame(snap, feedback)
+    assert (frame["source"] == "original").sum() == 80  # augmented copies are not training data of record
+    assert frame[frame["source"] == "feedback"]["text"].tolist() == ["new domain text"]

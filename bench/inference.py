@@ -1,0 +1,187 @@
+"""Inference benchmark on the real MiniLM and real airline tweets, in one run: PyTorch eager
+vs every ONNX variant of `ftops.export`, on the same texts, with the same threads,
+interleaved (each text goes through every runtime in turn, so machine noise hits all alike).
+
+Prints batch-1 p50/p99 ms, batch-32 samples/s, the ratio vs PyTorch, and each variant's
+parity figures and gate status. Target (issue "ONNX export, quantization and the parity
+gate"): the best passing variant >= 4x faster than PyTorch eager at batch 1 (p50) with
+<= 0.5 pt macro-F1 loss.
+
+The model is MiniLM fully fine-tuned for 150 steps on the tweets (macro-F1 ~0.75), so that
+labels depend on the text and quantisation errors can flip them: an untrained head predicts
+one class and makes every variant look perfect. Fine-tuning takes 20 s to 8 min here
+(depending on what else runs), so the candidate is kept in `--keep` and reused by later
+runs with the same settings; `--candidate DIR` benchmarks another trained candidate folder.
+Timings run once per thread count (default 1 and 2); the verdict takes each runtime at its
+best thread count, because on 2 shared cores PyTorch's OpenMP pool can collapse at 2 threads
+when another process is busy, which would flatter onnxruntime.
+
+    python bench/inference.py [--rows 1700] [--test 500] [--steps 150] [--threads 1,2] [--keep DIR | --candidate DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+
+from ftops import corpora, export, train
+from ftops.config import Config
+
+SOURCE = "builtin:tweets?domain=airline"
+
+
+def cpu_report() -> str:
+    flags = train.cpu_flags()
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16")
+    return ", ".join(f"{f}={'yes' if f in flags else 'no'}" for f in wanted)
+
+
+def load_texts(n_rows: int, n_test: int, seed: int = 13) -> dict:
+    """Disjoint seeded train / validation (200) / test samples of the real airline tweets."""
+    frame, _ = corpora.load_builtin(SOURCE)
+    frame = frame.sample(n=min(len(frame), n_rows + n_test), random_state=seed).reset_index(drop=True)
+    return {"test": frame.iloc[:n_test], "validation": frame.iloc[n_test:n_test + 200],
+            "train": frame.iloc[n_test + 200:]}
+
+
+class Rows:
+    """The three splits as ftops.train expects a snapshot (labels + split(name))."""
+
+    def __init__(self, frames: dict, labels: list[str]):
+        self.frames, self.labels = frames, labels
+
+    def split(self, name: str):
+        return self.frames[name]
+
+
+def fine_tune(folder: Path, frames: dict, labels: list[str], max_length: int, steps: int) -> Path:
+    """Full fine-tuning of MiniLM with ftops defaults, capped at `steps` optimizer steps."""
+    config = Config.model_validate({
+        "project": {"dir": str(folder / "project")}, "model": {"max_length": max_length},
+        "candidates": [{"name": "full", "strategy": "full", "max_steps": steps, "batch_size": 16,
+                        "learning_rate": 1e-4, "warmup_share": 0.1, "evals_per_epoch": 1,
+                        "early_stopping_patience": 0}]})
+    result = train.train_candidate(config, config.candidates[0], Rows(frames, labels), folder)
+    print(f"fine-tuned {result.global_step} steps in {result.wall_seconds:.0f} s: "
+          f"test macro-F1 {result.test_macro_f1:.3f}, accuracy {result.test_accuracy:.3f}")
+    return folder
+
+
+def torch_runner(candidate: Path, threads: int):
+    """The PyTorch model as decide.load gives it (adapters merged, default attention)."""
+    import torch
+
+    from ftops import decide
+
+    torch.set_num_threads(threads)
+    model = decide.load(decide.ModelRef("bench", candidate, None))[0]
+
+    def run(feed):
+        with torch.inference_mode():
+            return model(**{k: torch.from_numpy(v) for k, v in feed.items()}).logits
+    return run
+
+
+def timing_feeds(result: export.ExportResult, texts: list[str]):
+    tokenizer = export.load_tokenizer_json(result.out_dir / "tokenizer.json")
+    texts = texts[:export.SPEED_TEXTS]
+    singles = [export.encode_batch(tokenizer, [t]) for t in texts]
+    batches = [export.encode_batch(tokenizer, texts[i:i + export.BATCH_SIZE])
+               for i in range(0, len(texts), export.BATCH_SIZE)]
+    return singles, batches
+
+
+def print_table(result: export.ExportResult, speed: dict[str, dict[str, float]], threads: int) -> None:
+    base = speed["pytorch"]
+    print(f"\n{threads} thread(s)\n{'runtime':<13}{'status':<16}{'MB':>7}{'p50 ms':>8}{'p99 ms':>8}{'b32 /s':>8}"
+          f"{'x p50':>7}{'x b32':>7}{'max diff':>10}{'agree':>7}{'dF1 pt':>8}  reason")
+    print(f"{'pytorch':<13}{'reference':<16}{'':>7}{base['p50_ms']:>8.2f}{base['p99_ms']:>8.2f}"
+          f"{base['samples_per_s']:>8.0f}{1:>7.2f}{1:>7.2f}{'':>10}{'':>7}{'':>8}  "
+          f"macro-F1 {result.reference['macro_f1']:.4f}")
+    for name, report in result.variants.items():
+        f, s = report.figures, speed.get(name)
+        status = report.status + ("*" if name == result.selected else "")
+        if s is None:
+            print(f"{name:<13}{status:<16}  {report.reason}")
+            continue
+        print(f"{name:<13}{status:<16}{f['size_mb']:>7.1f}{s['p50_ms']:>8.2f}{s['p99_ms']:>8.2f}"
+              f"{s['samples_per_s']:>8.0f}{base['p50_ms'] / s['p50_ms']:>7.2f}"
+              f"{s['samples_per_s'] / base['samples_per_s']:>7.2f}{f.get('max_abs_diff', float('nan')):>10.2e}"
+              f"{f.get('agreement', float('nan')):>7.3f}{100 * f.get('delta_macro_f1', float('nan')):>+8.2f}"
+              f"  {report.reason}")
+
+
+def verdict(result: export.ExportResult, speeds: dict[int, dict[str, dict[str, float]]]) -> str:
+    """The target, with every runtime at its best thread count: on a shared 2-core machine
+    PyTorch's 2-thread figure can be a contention artefact that would flatter onnxruntime."""
+    best = {name: min(speed[name]["p50_ms"] for speed in speeds.values()) for name in speeds[min(speeds)]}
+    passing = [n for n, r in result.variants.items() if r.status == export.PASS and n in best
+               and r.figures["delta_macro_f1"] >= -0.005]
+    if not passing:
+        return "target NOT met: no variant passed the gate"
+    top = min(passing, key=lambda n: best[n])
+    ratio = best["pytorch"] / best[top]
+    delta = 100 * result.variants[top].figures["delta_macro_f1"]
+    return (f"target (>= 4x PyTorch at batch-1 p50, <= 0.5 pt F1 loss, each runtime at its best thread count) "
+            f"{'met' if ratio >= 4 else 'NOT met'}: best passing {top} {best[top]:.2f} ms vs PyTorch "
+            f"{best['pytorch']:.2f} ms = {ratio:.2f}x, {delta:+.2f} pt")
+
+
+def cached_candidate(args, frames: dict) -> Path:
+    """The fine-tuned candidate, reused from `--keep` when a run with the same settings made it:
+    fine-tuning is most of this benchmark's time on 2 shared cores (20 s to 8 min seen)."""
+    folder = args.keep / f"minilm-full-{args.rows}-{args.steps}-{args.max_length}"
+    if (folder / "model" / "ftops.json").is_file():
+        print(f"reusing the fine-tuned candidate in {folder} (delete it to retrain)")
+        return folder
+    labels = sorted(frames["train"]["label"].unique())
+    return fine_tune(folder, frames, labels, args.max_length, args.steps)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1700, help="tweets for training (+200 validation)")
+    parser.add_argument("--test", type=int, default=500, help="held-out tweets for parity and timing")
+    parser.add_argument("--steps", type=int, default=150, help="fine-tuning optimizer steps (batch 16)")
+    parser.add_argument("--max-length", type=int, default=64)
+    parser.add_argument("--threads", default="1,2", help="comma-separated thread counts to time")
+    parser.add_argument("--candidate", type=Path, help="a trained candidate folder instead of fine-tuning")
+    parser.add_argument("--keep", type=Path, default=Path(tempfile.gettempdir()) / "ftops-bench-inference",
+                        help="where the fine-tuned candidate is kept and reused across runs")
+    args = parser.parse_args()
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    thread_counts = [int(t) for t in args.threads.split(",")]
+    print(f"CPU: {cpu_report()}; cores {os.cpu_count()}")
+    started = time.perf_counter()
+    frames = load_texts(args.rows, args.test)
+    candidate = args.candidate or cached_candidate(args, frames)
+    labels = json.loads((candidate / "model" / "ftops.json").read_text())["labels"]
+    label2id = {label: i for i, label in enumerate(labels)}
+    test = frames["test"]
+    with tempfile.TemporaryDirectory() as tmp:
+        result = export.export_model(
+            candidate, Path(tmp) / "export", list(frames["train"]["text"].sample(n=200, random_state=0)),
+            args.max_length, parity_texts=list(test["text"]), parity_labels=[label2id[l] for l in test["label"]],
+            threads=max(thread_counts), progress=lambda line: print("  " + line))
+        feeds = timing_feeds(result, list(test["text"]))
+        speeds = {}
+        for threads in thread_counts:
+            runners = {"pytorch": torch_runner(candidate, threads)}
+            runners.update({n: export.ort_runner(result.out_dir / r.file, threads)
+                            for n, r in result.variants.items() if r.file and r.status != export.ERROR})
+            speeds[threads] = export.measure_speed(runners, *feeds)
+            print_table(result, speeds[threads], threads)
+    print("(* = selected by export; x = speed-up vs PyTorch eager at that thread count; "
+          "dF1 = macro-F1 change vs PyTorch, points)")
+    print(verdict(result, speeds))
+    print(f"total {time.perf_counter() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
