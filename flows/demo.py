@@ -31,7 +31,7 @@ from ftops import corpora, data, registry, services
 from ftops.config import Config, load_config
 
 IN_DOMAIN_TRAFFIC = 300
-SHIFTED_TRAFFIC = 900
+SHIFTED_TRAFFIC = 1200
 HOLDOUT = 600
 
 
@@ -94,9 +94,12 @@ def run(config_path: str, reset: bool = True, say: Callable[[str], None] = print
 
     clock = time.monotonic()
     event_time = None
-    chunk = max(1, shifted_traffic // 3)
-    for start in range(0, shifted_traffic, chunk):
+    chunk = max(1, shifted_traffic // 4)
+    starts = list(range(0, shifted_traffic, chunk))
+    for start in starts:
         send(gateway_url, shifted.iloc[start:start + chunk], feedback_share=1.0)
+        if start not in (starts[0], starts[-1]):
+            continue  # checks after the first and the last chunk: persistence needs two
         before = datetime.now(UTC)
         check = run_check(config_path, say)
         if "ALERT" in check:

@@ -121,6 +121,8 @@ class CandidateSection(Section):
     distillation: DistillationSection | None = None
     ewc: EwcSection | None = None
     rehearsal_share: float = Field(0.0, ge=0, lt=1, description="share of old data mixed into training")
+    init: Literal["base", "champion"] = Field(
+        "base", description="start from the pretrained model, or (when retraining) from the champion's weights")
     params: dict[str, Any] = {}
 
 

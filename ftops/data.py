@@ -299,14 +299,28 @@ def subsample(frame: pd.DataFrame, cfg: DataSection, report: CleaningReport) -> 
 
 
 def split(frame: pd.DataFrame, cfg: DataSection) -> dict[str, pd.DataFrame]:
-    """Stratified, seeded train / validation / test."""
+    """Stratified, seeded train / validation / test. Rows with a `split_hint` keep that
+    split: when retraining, the champion's training rows must never land in the test split
+    it is judged on (it has memorised them)."""
+    if "split_hint" not in frame:
+        frame = frame.assign(split_hint=None)
+    hinted = frame[frame["split_hint"].notna()]
+    free = frame.drop(hinted.index)
+    parts = dict(zip(SPLITS, _stratified(free, cfg))) if len(free) else {s: free for s in SPLITS}
+    out = {}
+    for name in SPLITS:
+        part = pd.concat([parts[name], hinted[hinted["split_hint"] == name]])
+        out[name] = part.drop(columns=["split_hint"], errors="ignore").sort_values("row").reset_index(drop=True)
+    return out
+
+
+def _stratified(frame: pd.DataFrame, cfg: DataSection) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     rest, test = train_test_split(frame, test_size=cfg.test_size, stratify=frame["label"],
                                   random_state=cfg.seed)
     share = cfg.validation_size / (1 - cfg.test_size)
     train, validation = train_test_split(rest, test_size=share, stratify=rest["label"],
                                          random_state=cfg.seed)
-    return {name: part.sort_values("row").reset_index(drop=True)
-            for name, part in zip(SPLITS, (train, validation, test))}
+    return train, validation, test
 
 
 def augment(train: pd.DataFrame, cfg: DataSection) -> pd.DataFrame:
@@ -470,14 +484,16 @@ def prepare(config: Config, frame: pd.DataFrame | None = None, origin: str | Non
 
 
 def retraining_frame(old: Snapshot, feedback: pd.DataFrame) -> pd.DataFrame:
-    """The champion's labelled rows (all splits) plus labelled traffic, each tagged with its
-    `source`, so the next snapshot's test split holds both and the A/B can gate on each."""
-    original = pd.concat([old.split(s) for s in SPLITS], ignore_index=True)
-    if "augmented" in original:  # only the train split has the column: NaN elsewhere
-        original = original[~original["augmented"].fillna(False).astype(bool)]
-    original = original[["text", "label"]].assign(source="original")
-    new = feedback[["text", "label"]].assign(source="feedback")
-    return pd.concat([original, new], ignore_index=True)
+    """The champion's labelled rows (each kept in its split) plus labelled traffic, each
+    tagged with its `source`, so the next test split holds both and the A/B gates on each."""
+    parts = []
+    for name in SPLITS:
+        part = old.split(name)
+        if "augmented" in part:
+            part = part[~part["augmented"].astype(bool)]
+        parts.append(part[["text", "label"]].assign(source="original", split_hint=name))
+    new = feedback[["text", "label"]].assign(source="feedback", split_hint=None)
+    return pd.concat([*parts, new], ignore_index=True)
 
 
 def drop_summary(report: CleaningReport) -> list[tuple[str, int]]:

@@ -121,6 +121,30 @@ def stop(folder: Path, name: str, grace_s: float = 15.0) -> bool:
     return True
 
 
+def sweep(marker: str, env_key: str, env_value: str) -> list[int]:
+    """Kill processes whose command line holds `marker` and whose environment has
+    env_key=env_value: the last resort against an orphan whose state file is gone
+    (e.g. a project dir deleted under a running service)."""
+    wanted = f"{env_key}={env_value}".encode()
+    killed = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ")
+            environ = (proc / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if marker.encode() in cmdline and wanted in environ:
+            _signal(int(proc.name), signal.SIGKILL)
+            try:
+                os.kill(int(proc.name), signal.SIGKILL)
+            except OSError:
+                pass
+            killed.append(int(proc.name))
+    return killed
+
+
 def _signal(pid: int, sig: int) -> None:
     try:
         os.killpg(pid, sig)

@@ -80,9 +80,11 @@ def deployments_service(config: Config, env: dict[str, str], config_path: str | 
     command = [sys.executable, "-m", "flows.deployments"]
     if config_path:
         command += ["--config", str(Path(config_path).resolve())]
-    return procs.Service(name="deployments", url=f"{config.uris.prefect_api.rstrip('/').removesuffix('/api')}/deployments",
-                         command=command, health_url=None, env=env, ready_timeout_s=5,
-                         marker="flows.deployments")
+    api = config.uris.prefect_api.rstrip("/")
+    # Healthy once the deployments exist on the server (registering them takes a few seconds).
+    return procs.Service(name="deployments", url=f"{api.removesuffix('/api')}/deployments",
+                         command=command, health_url=f"{api}/deployments/name/lifecycle/lifecycle",
+                         env=env, ready_timeout_s=90, marker="flows.deployments")
 
 
 def up(config: Config, config_path: str | None = None, only: tuple[str, ...] = ORDER) -> list[Row]:
@@ -132,6 +134,9 @@ def down(config: Config) -> list[str]:
             done = monitor.ui_stop(config)
         else:
             done = procs.stop(base, name)
+            project = str(config.resolved().project.dir)
+            marker = {"prefect": "server start", "mlflow": "mlflow server", "deployments": "flows.deployments"}[name]
+            done = bool(procs.sweep(marker, "FTOPS_PROJECT__DIR", project)) or done
         if done:
             stopped.append(name)
     return stopped

@@ -320,7 +320,7 @@ def train_candidate(config: Config, candidate: CandidateSection, snapshot, out_d
 
     labels = snapshot.labels
     tokenizer = models.load_tokenizer(config.model.name, config.model.max_length)
-    model = models.build_classifier(config.model.name, labels)
+    model = initial_model(config, candidate, labels, retrain)
     if candidate.gradient_checkpointing and strategy.name != "full":
         model.enable_input_require_grads()  # frozen embeddings still need grads to flow
     prepared = strategy.prepare(model, params, candidate.learning_rate, candidate.weight_decay)
@@ -366,7 +366,12 @@ def train_candidate(config: Config, candidate: CandidateSection, snapshot, out_d
 
     val = trainer.predict(val_set, metric_key_prefix="val").metrics
     test_out = trainer.predict(test_set, metric_key_prefix="test")
-    save_trained(trainer.model, tokenizer, labels, config.model.name, out_dir, prepared.is_peft)
+    trained, is_peft = trainer.model, prepared.is_peft
+    if is_peft and candidate.init == "champion":
+        # an adapter on top of the champion's weights cannot be re-applied to the base model
+        # by name: save merged, full weights instead.
+        trained, is_peft = trained.merge_and_unload(), False
+    save_trained(trained, tokenizer, labels, config.model.name, out_dir, is_peft)
     history = [h for h in trainer.state.log_history if "eval_macro_f1" in h or "loss" in h]
     result = TrainResult(
         candidate=candidate.name, strategy=strategy.name, out_dir=out_dir,
@@ -453,6 +458,20 @@ def log_result(result: TrainResult, baseline: BaselineResult) -> None:
     mlflow.log_artifacts(str(result.out_dir / MODEL_DIR), artifact_path=MODEL_DIR)
     for name in ("learning_curves.png", "confusion_matrix.png", "result.json"):
         mlflow.log_artifact(str(result.out_dir / name))
+
+
+def initial_model(config: Config, candidate: CandidateSection, labels: list[str], retrain: RetrainSources):
+    """The pretrained encoder with a fresh head, or, with init=champion when retraining, the
+    champion itself (merged if it was an adapter): continued training keeps what it knows."""
+    if candidate.init != "champion" or retrain.teacher_dir is None:
+        return models.build_classifier(config.model.name, labels)
+    model, _, champion_labels = load_trained(retrain.teacher_dir)
+    if champion_labels != labels:
+        raise ConfigError(f"Candidate '{candidate.name}' starts from the champion, whose labels "
+                          f"{champion_labels} differ from the data's {labels}; use init: base.")
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    return model.train()
 
 
 def peak_rss_mb() -> float:

@@ -121,3 +121,11 @@ def test_retraining_frame_keeps_originals_and_tags_sources(tmp_path, project):
     frame = data.retraining_frame(snap, feedback)
     assert (frame["source"] == "original").sum() == 80  # augmented copies are not training data of record
     assert frame[frame["source"] == "feedback"]["text"].tolist() == ["new domain text"]
+    feedback = pd.DataFrame({"text": [f"new domain text {i}" for i in range(60)], "label": ["pos", "neg"] * 30})
+    again = data.prepare(project(labels=None), data.retraining_frame(snap, feedback), origin="retrain")
+    for name in data.SPLITS:  # the champion's rows stay where they were: no train row is tested on
+        old = snap.split(name)
+        old_texts = set(old[~old["augmented"].astype(bool)]["text"] if "augmented" in old else old["text"])
+        new_part = again.split(name)
+        assert old_texts == set(new_part[new_part["source"] == "original"]["text"])
+    assert set(again.split("test")["source"]) == {"original", "feedback"}

@@ -193,3 +193,18 @@ def test_a_run_killed_mid_epoch_resumes_and_finishes(tiny_model, tmp_path):
     resumed, step = line.split()[1], int(line.split()[3])
     assert resumed.startswith("checkpoint-") and int(resumed.split("-")[1]) in first
     assert step == 35
+
+
+def test_init_champion_starts_from_the_champion_weights(tiny_model, airline_snapshot, tmp_path):
+    cfg = tiny_config(tiny_model, tmp_path)
+    champion = train.train_candidate(cfg, cfg.candidates[1], airline_snapshot, tmp_path / "champion")
+    candidate = cfg.candidates[0].model_copy(update={"init": "champion"})
+    sources = train.RetrainSources(teacher_dir=champion.out_dir)
+    start = train.initial_model(cfg, candidate, airline_snapshot.labels, sources)
+    saved, _, _ = train.load_trained(champion.out_dir)
+    assert all(torch.equal(a, b) for a, b in zip(start.state_dict().values(), saved.state_dict().values()))
+    fresh = train.initial_model(cfg, candidate.model_copy(update={"init": "base"}), airline_snapshot.labels, sources)
+    assert not torch.equal(fresh.classifier.weight, saved.classifier.weight)
+    # a LoRA candidate on top of the champion is saved merged (its base is not the named model)
+    result = train.train_candidate(cfg, candidate, airline_snapshot, tmp_path / "cont", retrain=sources)
+    assert not json.loads((result.out_dir / "model" / "ftops.json").read_text())["peft"]
