@@ -4,12 +4,13 @@ is promoted. Reports the drift-to-retrain delay and before/after macro-F1 on bot
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import yaml
 
-from ftops import procs, services
+from ftops import services
 from ftops.config import load_config
 from ftops.serve.server import free_port
 
@@ -31,12 +32,15 @@ def test_the_closed_loop(tmp_path, capsys):
     path.write_text(yaml.safe_dump(settings))
     config = load_config(path)
     lines: list[str] = []
+    saved = dict(os.environ)  # the demo exports the project's PREFECT_* / FTOPS_* settings
     try:
-        story = demo.run(str(path), reset=True, say=lines.append, shifted_traffic=600)
+        story = demo.run(str(path), reset=True, say=lines.append)
     finally:
         rows = services.status(config)
         stopped = services.down(config)
         after = services.status(config)
+        os.environ.clear()
+        os.environ.update(saved)
     assert all(r.state == "down" for r in after), after
     assert {r.name for r in rows if r.state == "up"} <= set(stopped)
 
