@@ -29,7 +29,12 @@ def prefect_server(tmp_path_factory):
     running = procs.start(services.folder(cfg), service)
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
-    yield cfg, running
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    # Prefect reads its settings once per process: an earlier test (the e2e demo) may have
+    # imported it with another server's URL, so point this test at its own server explicitly.
+    with temporary_settings(updates={PREFECT_API_URL: env["PREFECT_API_URL"]}):
+        yield cfg, running
     for key, value in old.items():
         if value is None:
             os.environ.pop(key, None)
