@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -46,7 +45,7 @@ import pandas as pd
 from sqlalchemy import JSON, Boolean, Column, DateTime, Float, Integer, MetaData, String, Table, Text, select
 from sqlalchemy.engine import Engine
 
-from ftops import predlog
+from ftops import predlog, procs
 from ftops.config import Config
 from ftops.errors import FtopsError
 
@@ -942,13 +941,13 @@ def ui_start(config: Config, port: int | None = None) -> UiInfo:
         if proc.poll() is not None:
             _ui_state(cfg).unlink(missing_ok=True)
             raise MonitorError(f"The Evidently UI exited with code {proc.returncode} at start (is port {port} "
-                               f"taken? set monitoring.ui_port). Last log lines ({log_path}):\n{_tail(log_path)}")
+                               f"taken? set monitoring.ui_port). Last log lines ({log_path}):\n{procs.tail(log_path)}")
         if ui_ready(info):
             return info
         time.sleep(0.25)
     ui_stop(cfg)
     raise MonitorError(f"The Evidently UI was not ready within {UI_READY_TIMEOUT_S:.0f} s. "
-                       f"Last log lines ({log_path}):\n{_tail(log_path)}")
+                       f"Last log lines ({log_path}):\n{procs.tail(log_path)}")
 
 
 def ui_stop(config: Config, timeout: float = 10.0) -> bool:
@@ -956,35 +955,9 @@ def ui_stop(config: Config, timeout: float = 10.0) -> bool:
     info = ui_status(config)
     if info is None:
         return False
-    _signal_group(info.pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and _running(info.pid):  # cmdline empties while it exits
-        _reap(info.pid)
-        time.sleep(0.1)
-    if _running(info.pid):
-        _signal_group(info.pid, signal.SIGKILL)
-        time.sleep(0.2)
-        _reap(info.pid)
+    procs.terminate(info.pid, _running, timeout)  # cmdline empties while it exits
     _ui_state(config).unlink(missing_ok=True)
     return True
 
 
-def _signal_group(pid: int, sig: int) -> None:
-    try:
-        os.killpg(pid, sig)
-    except ProcessLookupError:
-        pass
 
-
-def _reap(pid: int) -> None:
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
-
-
-def _tail(path: Path, lines: int = 20) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"

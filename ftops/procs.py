@@ -13,6 +13,7 @@ import signal
 import subprocess
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -110,15 +111,23 @@ def stop(folder: Path, name: str, grace_s: float = 15.0) -> bool:
     running = status(folder, name)
     if running is None:
         return False
-    _signal(running.pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline and _alive(running.pid, running.marker):
-        _reap(running.pid)
-        time.sleep(0.1)
-    _signal(running.pid, signal.SIGKILL)  # the group: workers a server forked are gone too
-    _reap(running.pid)
+    terminate(running.pid, lambda pid: _alive(pid, running.marker), grace_s)
     _state(folder, name).unlink(missing_ok=True)
     return True
+
+
+def terminate(pid: int, alive: Callable[[int], bool], grace_s: float) -> None:
+    """SIGTERM a service's process group, wait up to `grace_s` while `alive(pid)`, then
+    SIGKILL the group (workers it forked go too); our own child is reaped, never a zombie."""
+    _signal(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and alive(pid):
+        _reap(pid)
+        time.sleep(0.05)
+    if alive(pid):
+        _signal(pid, signal.SIGKILL)
+        time.sleep(0.2)
+    _reap(pid)
 
 
 def sweep(marker: str, env_key: str, env_value: str) -> list[int]:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -45,7 +44,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, model_validator
 
-from ftops import predlog
+from ftops import predlog, procs
 from ftops.config import Config, load_config
 from ftops.errors import FtopsError
 from ftops.serve import server
@@ -697,32 +696,9 @@ def stop(config: Config) -> bool:
     info = status(config)
     if info is None:
         return False
-    _signal(info.pid, signal.SIGTERM)
-    deadline = time.monotonic() + STOP_TIMEOUT_S
-    while time.monotonic() < deadline and _alive(info.pid):
-        _reap(info.pid)
-        time.sleep(0.05)
-    if _alive(info.pid):
-        _signal(info.pid, signal.SIGKILL)
-        time.sleep(0.2)
-        _reap(info.pid)
+    procs.terminate(info.pid, _alive, STOP_TIMEOUT_S)
     _state_file(config).unlink(missing_ok=True)
     return True
-
-
-def _signal(pid: int, sig: int) -> None:
-    try:
-        os.killpg(pid, sig)
-    except ProcessLookupError:
-        pass
-
-
-def _reap(pid: int) -> None:
-    """Collect our own child's exit status so it does not linger as a zombie."""
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
 
 
 def serve_fd(fd: int) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import time
@@ -17,6 +16,7 @@ import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ftops import procs
 from ftops.config import Config
 from ftops.serve.repository import ServingError
 
@@ -161,35 +161,9 @@ def stop(config: Config) -> bool:
     info = status(config)
     if info is None:
         return False
-    try:
-        os.killpg(info.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
-    deadline = time.monotonic() + EXIT_TIMEOUT_S + 10
-    while time.monotonic() < deadline and _alive(info.pid):
-        _reap(info.pid)
-        time.sleep(0.1)
-    if _alive(info.pid):
-        try:
-            os.killpg(info.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        time.sleep(0.2)
-        _reap(info.pid)
+    procs.terminate(info.pid, _alive, EXIT_TIMEOUT_S + 10)
     _state_file(config).unlink(missing_ok=True)
     return True
 
 
-def _reap(pid: int) -> None:
-    """Collect our own child's exit status so it does not linger as a zombie."""
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
-
-
-def tail(path: Path | str, lines: int = 20) -> str:
-    try:
-        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
+tail = procs.tail
