@@ -24,7 +24,8 @@ from sklearn.metrics import f1_score
 from ftops import data, models, train
 from ftops.config import Config
 
-LR = {"full": 1e-4, "freeze": 1e-4, "llrd": 1e-4, "lora": 2e-3, "ia3": 3e-3, "prompt_tuning": 3e-2}
+LR = {"full": 1e-4, "freeze": 1e-4, "llrd": 1e-4, "lora": 2e-3, "ia3": 3e-3, "prompt_tuning": 3e-2,
+      "bottleneck": 1e-3}
 PARAMS = {"lora": {"rank": 8, "target_modules": "all-linear"}}
 
 
@@ -69,7 +70,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=3000)
     parser.add_argument("--epochs", type=float, default=2)
     parser.add_argument("--max-length", type=int, default=64)
-    parser.add_argument("--strategies", default="full,freeze,llrd,lora,ia3,prompt_tuning")
+    parser.add_argument("--strategies", default="full,freeze,llrd,lora,ia3,prompt_tuning,bottleneck")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -138,6 +138,8 @@ def train_cmd(
     max_rows: Annotated[int | None, typer.Option(help="Stratified sample size after cleaning (data.max_rows).")] = None,
     epochs: Annotated[float | None, typer.Option(help="Override every candidate's epochs.")] = None,
     max_steps: Annotated[int | None, typer.Option(help="Cap every candidate's optimizer steps (quick runs).")] = None,
+    nproc: Annotated[int | None, typer.Option(
+        help="Data-parallel processes, one per device (training.nproc); >1 runs torchrun DDP.")] = None,
     project_dir: ProjectDirOption = None,
 ):
     """Fine-tune candidates (+ a TF-IDF baseline) on a data snapshot, tracked in MLflow."""
@@ -146,7 +148,7 @@ def train_cmd(
     from ftops import data as data_stage
     from ftops import train as train_stage
 
-    cfg = _config(config, {"data.source": data, "data.max_rows": max_rows}, project_dir)
+    cfg = _config(config, {"data.source": data, "data.max_rows": max_rows, "training.nproc": nproc}, project_dir)
     cfg = _override_candidates(cfg, epochs=epochs, max_steps=max_steps)
     names = candidates.split(",") if candidates else None
     train_stage.check_candidates(cfg, names)  # every candidate checked before any trains
@@ -154,7 +156,8 @@ def train_cmd(
         snap = data_stage.load_snapshot(data_stage.snapshot_root(cfg), snapshot)
     else:
         snap = data_stage.prepare(cfg)
-    out.print(f"[bold]train[/] snapshot {snap.id}: {snap.counts}")
+    ddp = f", DDP over {cfg.training.nproc} processes" if cfg.training.nproc > 1 else ""
+    out.print(f"[bold]train[/] snapshot {snap.id}: {snap.counts}{ddp}")
     columns = (TextColumn("{task.description:<14}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[status]}"), TimeElapsedColumn())
     with Progress(*columns, console=out) as bars:

@@ -98,6 +98,29 @@ class EwcSection(Section):
     samples: int = Field(256, ge=8, description="old training rows used for the Fisher estimate")
 
 
+class AdaptationSection(Section):
+    """Unsupervised domain adaptation: the encoder also learns from UNLABELLED texts of the
+    target domain (e.g. the traffic that drifted), before any of them is labelled."""
+
+    method: Literal["dann", "mmd", "kl"] = Field("dann", description=(
+        "dann: domain classifier behind gradient reversal; mmd / kl: align feature statistics"))
+    target: str = Field("traffic", description=(
+        "traffic: the prediction log's latest rows; else a data source spec whose labels are ignored"))
+    max_target_rows: int = Field(2000, ge=10)
+    weight: float = Field(1.0, gt=0, description="dann: largest reversal weight; mmd / kl: penalty weight")
+    schedule: Literal["ganin", "linear", "constant"] = Field(
+        "ganin", description="how the weight grows with training progress (ganin: 2/(1+e^-10p) - 1)")
+    domain_hidden: int = Field(256, ge=8, description="hidden units of the DANN domain classifier")
+
+
+class TaskSection(Section):
+    """An auxiliary task: one more head on the shared encoder, trained on another column."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_]*$")
+    column: str = Field(description="snapshot column holding this task's labels (e.g. domain)")
+    weight: float = Field(0.5, gt=0, description="loss weight; the primary task's is 1")
+
+
 class CandidateSection(Section):
     """One fine-tuning candidate; `params` holds the strategy's own settings."""
 
@@ -105,7 +128,7 @@ class CandidateSection(Section):
     strategy: str = "full"
     learning_rate: float = Field(1e-4, gt=0, description="1e-4 beat 5e-5 for MiniLM at batch 32 (bench/train.py)")
     epochs: float = Field(2, gt=0)
-    batch_size: int = Field(32, ge=1)
+    batch_size: int = Field(32, ge=1, description="global batch: split over the processes under DDP")
     gradient_accumulation: int = Field(1, ge=1)
     weight_decay: float = Field(0.01, ge=0)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
@@ -123,7 +146,25 @@ class CandidateSection(Section):
     rehearsal_share: float = Field(0.0, ge=0, lt=1, description="share of old data mixed into training")
     init: Literal["base", "champion"] = Field(
         "base", description="start from the pretrained model, or (when retraining) from the champion's weights")
+    adaptation: AdaptationSection | None = None
+    tasks: list[TaskSection] = Field([], description="auxiliary heads (multi-task); the primary task is `label`")
     params: dict[str, Any] = {}
+
+    @field_validator("tasks")
+    @classmethod
+    def _unique_tasks(cls, value: list[TaskSection]) -> list[TaskSection]:
+        names = [t.name for t in value]
+        if len(set(names)) != len(names):
+            raise ValueError(f"task names must be unique; got {names}")
+        return value
+
+
+class TrainingSection(Section):
+    """How training runs: one process, or data-parallel (DDP) through torchrun."""
+
+    nproc: int = Field(1, ge=1, description="processes, one per device; >1 launches torchrun (DDP)")
+    backend: Literal["auto", "gloo", "nccl"] = Field(
+        "auto", description="auto: nccl on GPUs, gloo on CPU")
 
 
 class GatesSection(Section):
@@ -237,6 +278,7 @@ class Config(Section):
         CandidateSection(name="lora", strategy="lora"),
         CandidateSection(name="full", strategy="full"),
     ]
+    training: TrainingSection = TrainingSection()
     gates: GatesSection = GatesSection()
     serving: ServingSection = ServingSection()
     monitoring: MonitoringSection = MonitoringSection()

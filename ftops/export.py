@@ -243,7 +243,7 @@ def load_source(source_folder: Path):
             f"The model in {source_folder} is a prompt-tuning model ({config.peft_type.value}): peft "
             "prepends its learned soft prompt to every input at run time, and that cannot be merged "
             "into the weights, so prompt-tuning models are not exportable to ONNX. Export a candidate "
-            "trained with full, freeze, llrd, lora or ia3, or serve this one with PyTorch.")
+            "trained with full, freeze, llrd, lora, ia3 or bottleneck, or serve this one with PyTorch.")
     return model.float().eval(), tokenizer, labels
 
 

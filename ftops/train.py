@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import resource
 import time
 import warnings
@@ -24,9 +25,9 @@ import torch.nn.functional as F
 from sklearn.metrics import accuracy_score, f1_score
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from ftops import models, strategies
-from ftops.config import CandidateSection, Config, DistillationSection
-from ftops.errors import ConfigError
+from ftops import adapt, models, strategies
+from ftops.config import AdaptationSection, CandidateSection, Config, DistillationSection, TaskSection
+from ftops.errors import ConfigError, DataError
 
 # peft calls a transformers property that transformers 5 renamed; nothing for us to change.
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
@@ -50,6 +51,10 @@ class TrainResult:
     peak_rss_mb: float
     global_step: int
     resumed_from: str | None = None
+    world_size: int = 1
+    extras: str = ""            # domain adaptation / auxiliary tasks, as the CLI table shows them
+    target_rows: int = 0        # unlabelled target-domain texts trained on (domain adaptation)
+    task_metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # auxiliary heads, test split
     history: list[dict[str, float]] = field(default_factory=list)
 
     @property
@@ -63,6 +68,7 @@ class RetrainSources:
 
     teacher_dir: Path | None = None     # a trained candidate folder (the champion)
     old_train: pd.DataFrame | None = None  # the champion's training rows
+    target_texts: list[str] | None = None  # unlabelled target-domain texts (else adaptation.target)
 
 
 # ---------------------------------------------------------------- checks
@@ -98,16 +104,34 @@ def select_candidates(config: Config, names: list[str] | None) -> list[Candidate
 # ---------------------------------------------------------------- data
 
 
-class Encoded(torch.utils.data.Dataset):
-    """Tokenised rows; padding is left to the collator (dynamic, per batch)."""
+DOMAIN_KEY = "ftops_domain"      # batch key: 0 = source row, 1 = unlabelled target row
+TASK_PREFIX = "ftops_task_"      # batch key prefix: an auxiliary task's label id
 
-    def __init__(self, frame: pd.DataFrame, tokenizer, labels: list[str], max_length: int):
+
+class Encoded(torch.utils.data.Dataset):
+    """Tokenised rows; padding is left to the collator (dynamic, per batch).
+
+    A row without a label (an unlabelled target text) gets the ignored label -100, as does
+    a row without a value for an auxiliary task; a `ftops_domain` column is carried along.
+    """
+
+    def __init__(self, frame: pd.DataFrame, tokenizer, labels: list[str], max_length: int,
+                 tasks: dict[str, tuple[str, list[str]]] | None = None):
         label2id = {label: i for i, label in enumerate(labels)}
         encoded = tokenizer(list(frame["text"]), truncation=True, max_length=max_length)
+        label_of = frame["label"] if "label" in frame else pd.Series([None] * len(frame))
         self.rows = [
-            {"input_ids": ids, "attention_mask": mask, "labels": label2id[label]}
-            for ids, mask, label in zip(encoded["input_ids"], encoded["attention_mask"], frame["label"])
+            {"input_ids": ids, "attention_mask": mask,
+             "labels": label2id[label] if isinstance(label, str) else adapt.IGNORE}
+            for ids, mask, label in zip(encoded["input_ids"], encoded["attention_mask"], label_of)
         ]
+        if DOMAIN_KEY in frame:
+            for row, domain in zip(self.rows, frame[DOMAIN_KEY]):
+                row[DOMAIN_KEY] = int(domain)
+        for name, (column, vocab) in (tasks or {}).items():
+            index = {value: i for i, value in enumerate(vocab)}
+            for row, value in zip(self.rows, frame[column] if column in frame else [None] * len(frame)):
+                row[TASK_PREFIX + name] = index.get(value, adapt.IGNORE)
         self.lengths = [len(r["input_ids"]) for r in self.rows]
 
     def __len__(self) -> int:
@@ -125,6 +149,122 @@ def rehearsal_mix(new: pd.DataFrame, old: pd.DataFrame | None, share: float, see
     wanted = round(share / (1 - share) * len(new))
     replay = old.sample(n=min(wanted, len(old)), random_state=seed)
     return pd.concat([new.assign(rehearsal=False), replay.assign(rehearsal=True)], ignore_index=True)
+
+
+# ---------------------------------------------------------------- domain adaptation, multi-task
+
+
+def task_vocab(frame: pd.DataFrame, tasks: list[TaskSection], candidate: str) -> dict[str, tuple[str, list[str]]]:
+    """{task: (column, its classes)} from the training rows; a missing column is a ConfigError."""
+    out = {}
+    for task in tasks:
+        if task.column not in frame:
+            have = ", ".join(c for c in frame.columns if c not in ("row", "text", "label"))
+            raise ConfigError(f"Candidate '{candidate}': task '{task.name}' reads column '{task.column}', "
+                              f"which the data snapshot does not have (it has: {have or 'no extra columns'}).")
+        vocab = sorted(frame[task.column].dropna().astype(str).unique())
+        if len(vocab) < 2:
+            raise ConfigError(f"Candidate '{candidate}': task '{task.name}' needs at least 2 classes in "
+                              f"column '{task.column}'; the training rows have {vocab}.")
+        out[task.name] = (task.column, vocab)
+    return out
+
+
+def target_texts(config: Config, section: AdaptationSection) -> list[str]:
+    """Unlabelled target-domain texts: the prediction log's latest rows, or a data source
+    (its labels are not used)."""
+    if section.target == "traffic":
+        from ftops import predlog
+
+        url = config.resolved().uris.prediction_log
+        texts = predlog.read(predlog.engine(url), last=section.max_target_rows)["text"].dropna().tolist()
+        where = f"the prediction log ({url})"
+    else:
+        from ftops import data
+
+        frame, _ = data.read_source(config.data.model_copy(update={"source": section.target}))
+        texts = frame["text"].dropna().astype(str).tolist()
+        texts = pd.Series(texts).sample(n=min(len(texts), section.max_target_rows), random_state=config.data.seed).tolist()
+        where = f"data source {section.target}"
+    if len(texts) < 10:
+        raise DataError(f"Domain adaptation needs unlabelled target texts; {where} has {len(texts)}. "
+                        "Serve traffic first, or set adaptation.target to a data source.")
+    return texts
+
+
+class Extras(torch.nn.Module):
+    """What a candidate trains beside its primary head, on the head's own input features:
+    a DANN domain classifier and / or auxiliary task heads. Attached to the model while
+    training (so the optimizer and DDP see it) and taken off before saving."""
+
+    def __init__(self, model: torch.nn.Module, adaptation: AdaptationSection | None,
+                 tasks: list[TaskSection], vocab: dict[str, tuple[str, list[str]]]):
+        super().__init__()
+        hidden = model.config.hidden_size
+        self.adaptation, self.weights = adaptation, {t.name: t.weight for t in tasks}
+        self.vocab = vocab
+        self.domain = (adapt.DomainClassifier(hidden, adaptation.domain_hidden)
+                       if adaptation is not None and adaptation.method == "dann" else None)
+        self.tasks = adapt.TaskHeads(hidden, {n: len(v) for n, (_, v) in vocab.items()}) if vocab else None
+        self.features = adapt.PooledFeatures(model)
+
+    def loss(self, side: dict[str, torch.Tensor], progress: float) -> dict[str, torch.Tensor]:
+        """The extra loss terms of one training batch (the primary loss is the caller's)."""
+        features, terms = self.features.features, {}
+        section = self.adaptation
+        if section is not None:
+            domain = side[DOMAIN_KEY]
+            weight = adapt.reversal_weight(progress, section.weight, section.schedule)
+            if self.domain is not None:
+                terms["dann"] = adapt.dann_loss(self.domain(features, weight), domain)
+            else:
+                terms[section.method] = weight * adapt.alignment_loss(
+                    section.method, features[domain == 0].float(), features[domain == 1].float())
+        if self.tasks is not None:
+            labels = {name: side[TASK_PREFIX + name] for name in self.weights}
+            terms["tasks"], per_task = adapt.multitask_loss(self.tasks(features), labels, self.weights)
+            terms.update({f"task_{name}": value.detach() for name, value in per_task.items()})
+        return terms
+
+    @torch.no_grad()
+    def task_metrics(self, model, dataset: Encoded, collator, batch_size: int = 64) -> dict[str, dict[str, float]]:
+        """Each auxiliary head's accuracy and macro-F1 on a labelled split."""
+        if self.tasks is None:
+            return {}
+        was_training = model.training
+        model.eval()
+        device = next(model.parameters()).device
+        logits: dict[str, list] = {n: [] for n in self.weights}
+        gold: dict[str, list] = {n: [] for n in self.weights}
+        for start in range(0, len(dataset), batch_size):
+            batch = collator(dataset.rows[start:start + batch_size])
+            side = {k: batch.pop(k) for k in list(batch) if k.startswith(TASK_PREFIX) or k == DOMAIN_KEY}
+            batch.pop("labels")
+            model(**{k: v.to(device) for k, v in batch.items()})
+            for name, out in self.tasks(self.features.features).items():
+                logits[name].append(out.float().cpu())
+                gold[name].append(side[TASK_PREFIX + name])
+        model.train(was_training)
+        return {n: adapt.task_metrics(torch.cat(logits[n]), torch.cat(gold[n])) for n in self.weights}
+
+    def save(self, folder: Path) -> None:
+        """Auxiliary heads beside the primary model (export and serving use the primary)."""
+        if self.tasks is None:
+            return
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in self.tasks.state_dict().items()}, folder / "task_heads.safetensors")
+        (folder / "tasks.json").write_text(json.dumps(
+            {n: {"column": c, "classes": v, "weight": self.weights[n]} for n, (c, v) in self.vocab.items()}, indent=2))
+
+
+def describe_extras(candidate: CandidateSection) -> str:
+    parts = []
+    if candidate.adaptation is not None:
+        a = candidate.adaptation
+        parts.append(f"{a.method} w{a.weight:g} ({a.target})")
+    parts += [f"+{t.name}" for t in candidate.tasks]
+    return " ".join(parts)
 
 
 # ---------------------------------------------------------------- losses
@@ -187,10 +327,11 @@ class FtopsTrainer(Trainer):
     """HF Trainer with the strategy's parameter groups and the retraining loss terms."""
 
     def __init__(self, *args, param_groups, label_smoothing=0.0, teacher=None, distillation=None,
-                 ewc: Ewc | None = None, **kwargs):
+                 ewc: Ewc | None = None, extras: Extras | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.param_groups, self.label_smoothing = param_groups, label_smoothing
-        self.teacher, self.distillation, self.ewc = teacher, distillation, ewc
+        self.teacher, self.distillation, self.ewc, self.extras = teacher, distillation, ewc, extras
+        self.extra_terms: dict[str, list[float]] = {}
 
     def create_optimizer(self, model=None):
         if self.optimizer is None:
@@ -200,17 +341,35 @@ class FtopsTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs.pop("labels")
+        side = {k: inputs.pop(k) for k in list(inputs) if k.startswith(TASK_PREFIX) or k == DOMAIN_KEY}
         outputs = model(**inputs)
         logits = outputs.logits
-        if self.teacher is not None and model.training:
+        labelled = labels != adapt.IGNORE  # unlabelled target rows only feed the adaptation terms
+        if not labelled.any():
+            loss = logits.sum() * 0.0
+        elif self.teacher is not None and model.training:
             with torch.no_grad():
                 teacher_logits = self.teacher(**inputs).logits
-            loss = distillation_loss(logits, teacher_logits, labels, self.distillation, self.label_smoothing)
+            loss = distillation_loss(logits[labelled], teacher_logits[labelled], labels[labelled],
+                                     self.distillation, self.label_smoothing)
         else:
             loss = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing if model.training else 0.0)
         if self.ewc is not None and model.training:
             loss = loss + self.ewc.penalty(model)
+        if self.extras is not None and model.training:
+            terms = self.extras.loss(side, self.state.global_step / max(1, self.state.max_steps))
+            for name, value in terms.items():
+                if value.requires_grad and not name.startswith("task_"):
+                    loss = loss + value
+                self.extra_terms.setdefault(f"{name}_loss", []).append(float(value.detach()))
         return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        """Adds the mean of each extra loss term since the last log to the training logs."""
+        if "loss" in logs and self.extra_terms:
+            logs.update({k: float(np.mean(v)) for k, v in self.extra_terms.items()})
+            self.extra_terms = {}
+        super().log(logs, *args, **kwargs)
 
 
 # ---------------------------------------------------------------- arguments
@@ -236,7 +395,17 @@ def precision(candidate: CandidateSection) -> str:
     return "bf16" if {"avx512_bf16", "amx_bf16"} & cpu_flags() else "fp32"
 
 
+def per_device_batch(candidate: CandidateSection, world_size: int) -> int:
+    """batch_size is the global batch, so N processes take the same optimizer steps as one."""
+    if candidate.batch_size % world_size:
+        raise ConfigError(f"Candidate '{candidate.name}': batch_size {candidate.batch_size} does not split "
+                          f"over {world_size} processes; use a multiple of {world_size}.")
+    return candidate.batch_size // world_size
+
+
 def training_arguments(candidate: CandidateSection, out_dir: Path, n_train: int) -> TrainingArguments:
+    from ftops import distributed
+
     steps_per_epoch = math.ceil(n_train / (candidate.batch_size * candidate.gradient_accumulation))
     total_steps = candidate.max_steps or math.ceil(steps_per_epoch * candidate.epochs)
     eval_every = max(1, min(total_steps, steps_per_epoch // candidate.evals_per_epoch))
@@ -245,7 +414,7 @@ def training_arguments(candidate: CandidateSection, out_dir: Path, n_train: int)
         output_dir=str(out_dir / "checkpoints"),
         num_train_epochs=candidate.epochs,
         max_steps=candidate.max_steps or -1,
-        per_device_train_batch_size=candidate.batch_size,
+        per_device_train_batch_size=per_device_batch(candidate, distributed.world_size()),
         per_device_eval_batch_size=max(64, candidate.batch_size),
         gradient_accumulation_steps=candidate.gradient_accumulation,
         learning_rate=candidate.learning_rate,
@@ -261,6 +430,10 @@ def training_arguments(candidate: CandidateSection, out_dir: Path, n_train: int)
         train_sampling_strategy="group_by_length" if candidate.group_by_length else "random",
         seed=candidate.seed, data_seed=candidate.seed,
         report_to="none", disable_tqdm=True, remove_unused_columns=False,
+        ddp_backend=os.environ.get("FTOPS_DDP_BACKEND") if distributed.is_worker() else None,
+        # every trainable parameter gets a gradient each step (frozen ones are not in DDP's
+        # reducer); the unused-parameter search would only cost a graph walk per step.
+        ddp_find_unused_parameters=False,
     )
 
 
@@ -280,10 +453,12 @@ class ProgressCallback(TrainerCallback):
         self.report = report
 
     def on_step_end(self, args, state, control, **kwargs):
-        self.report(state.global_step, state.max_steps, {})
+        if state.is_world_process_zero:
+            self.report(state.global_step, state.max_steps, {})
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-        self.report(state.global_step, state.max_steps, metrics or {})
+        if state.is_world_process_zero:
+            self.report(state.global_step, state.max_steps, metrics or {})
 
 
 class MlflowMetrics(TrainerCallback):
@@ -292,7 +467,7 @@ class MlflowMetrics(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         import mlflow
 
-        if mlflow.active_run() is None or not logs:
+        if not state.is_world_process_zero or mlflow.active_run() is None or not logs:
             return
         values = {k: float(v) for k, v in logs.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         mlflow.log_metrics(values, step=state.global_step)
@@ -311,7 +486,13 @@ def last_checkpoint(out_dir: Path) -> str | None:
 def train_candidate(config: Config, candidate: CandidateSection, snapshot, out_dir: Path,
                     retrain: RetrainSources | None = None,
                     progress: Callable[[int, int, dict], None] | None = None) -> TrainResult:
-    """Fine-tune one candidate on a data snapshot; resumes from out_dir's last checkpoint."""
+    """Fine-tune one candidate on a data snapshot; resumes from out_dir's last checkpoint.
+    With training.nproc > 1 it runs under torchrun (DDP) and returns rank 0's result."""
+    from ftops import distributed
+
+    if config.training.nproc > 1 and not distributed.is_worker():
+        per_device_batch(candidate, config.training.nproc)  # fail before launching
+        return distributed.launch(config, candidate, snapshot, out_dir, retrain, progress)
     retrain = retrain or RetrainSources()
     strategy = strategies.get_strategy(candidate.strategy)
     (_, params), = check_candidates(config.model_copy(update={"candidates": [candidate]}), None)
@@ -326,9 +507,21 @@ def train_candidate(config: Config, candidate: CandidateSection, snapshot, out_d
     prepared = strategy.prepare(model, params, candidate.learning_rate, candidate.weight_decay)
 
     train_frame = rehearsal_mix(snapshot.split("train"), retrain.old_train, candidate.rehearsal_share, candidate.seed)
-    train_set = Encoded(train_frame, tokenizer, labels, config.model.max_length)
-    val_set = Encoded(snapshot.split("validation"), tokenizer, labels, config.model.max_length)
-    test_set = Encoded(snapshot.split("test"), tokenizer, labels, config.model.max_length)
+    vocab = task_vocab(train_frame, candidate.tasks, candidate.name)
+    extras, target_rows = None, 0
+    if candidate.adaptation is not None or candidate.tasks:
+        extras = Extras(prepared.model, candidate.adaptation, candidate.tasks, vocab)
+        prepared.model.ftops_extras = extras  # a submodule while training: optimizer + DDP see it
+        prepared.param_groups += strategies.decay_groups(list(extras.named_parameters()), candidate.learning_rate,
+                                                         candidate.weight_decay, "extras")
+    if candidate.adaptation is not None:
+        texts = retrain.target_texts if retrain.target_texts is not None else target_texts(config, candidate.adaptation)
+        target_rows = len(texts)
+        train_frame = pd.concat([train_frame.assign(**{DOMAIN_KEY: 0}),
+                                 pd.DataFrame({"text": texts, DOMAIN_KEY: 1})], ignore_index=True)
+    train_set, val_set, test_set = (
+        Encoded(frame, tokenizer, labels, config.model.max_length, vocab)
+        for frame in (train_frame, snapshot.split("validation"), snapshot.split("test")))
 
     from transformers import DataCollatorWithPadding
 
@@ -352,7 +545,7 @@ def train_candidate(config: Config, candidate: CandidateSection, snapshot, out_d
         data_collator=collator, train_dataset=train_set, eval_dataset=val_set,
         processing_class=tokenizer, compute_metrics=compute_metrics, callbacks=callbacks,
         param_groups=prepared.param_groups, label_smoothing=candidate.label_smoothing,
-        teacher=teacher, distillation=candidate.distillation, ewc=ewc,
+        teacher=teacher, distillation=candidate.distillation, ewc=ewc, extras=extras,
     )
     from transformers.trainer_callback import PrinterCallback
     from transformers.utils import logging as hf_logging
@@ -366,12 +559,15 @@ def train_candidate(config: Config, candidate: CandidateSection, snapshot, out_d
 
     val = trainer.predict(val_set, metric_key_prefix="val").metrics
     test_out = trainer.predict(test_set, metric_key_prefix="test")
+    task_metrics = extras.task_metrics(trainer.model, test_set, collator) if extras is not None else {}
+    if extras is not None:
+        extras.features.remove()
+        del prepared.model.ftops_extras  # the saved model is the primary classifier alone
     trained, is_peft = trainer.model, prepared.is_peft
     if is_peft and candidate.init == "champion":
         # an adapter on top of the champion's weights cannot be re-applied to the base model
         # by name: save merged, full weights instead.
         trained, is_peft = trained.merge_and_unload(), False
-    save_trained(trained, tokenizer, labels, config.model.name, out_dir, is_peft)
     history = [h for h in trainer.state.log_history if "eval_macro_f1" in h or "loss" in h]
     result = TrainResult(
         candidate=candidate.name, strategy=strategy.name, out_dir=out_dir,
@@ -380,8 +576,14 @@ def train_candidate(config: Config, candidate: CandidateSection, snapshot, out_d
         test_accuracy=float(test_out.metrics["test_accuracy"]),
         samples_per_second=float(output.metrics.get("train_samples_per_second", 0.0)),
         wall_seconds=wall, peak_rss_mb=peak_rss_mb(), global_step=trainer.state.global_step,
-        resumed_from=Path(resume).name if resume else None, history=history,
+        resumed_from=Path(resume).name if resume else None, world_size=trainer.args.world_size,
+        extras=describe_extras(candidate), target_rows=target_rows, task_metrics=task_metrics, history=history,
     )
+    if not trainer.is_world_process_zero():
+        return result  # rank 0 writes the candidate folder
+    save_trained(trained, tokenizer, labels, config.model.name, out_dir, is_peft)
+    if extras is not None:
+        extras.save(out_dir / MODEL_DIR)
     np.save(out_dir / "test_logits.npy", test_out.predictions)
     (out_dir / "result.json").write_text(json.dumps({**asdict(result), "out_dir": str(out_dir)}, indent=2))
     plot_history(history, out_dir / "learning_curves.png", candidate.name)
@@ -417,7 +619,8 @@ def train_round(config: Config, snapshot, names: list[str] | None = None,
     out_root = out_root or config.resolved().project.dir / "runs" / started
     with mlflow.start_run(run_name=f"round-{started}", tags={**tags, tracking.TAG_ROUND: started}) as parent:
         mlflow.log_params({"snapshot": snapshot.id, "candidates": ",".join(c.name for c in chosen),
-                           "model": config.model.name, "max_length": config.model.max_length})
+                           "model": config.model.name, "max_length": config.model.max_length,
+                           "nproc": config.training.nproc})
         with mlflow.start_run(run_name="baseline", nested=True, tags={**tags, tracking.TAG_CANDIDATE: "baseline"}):
             baseline = fit_baseline(snapshot)
             mlflow.log_metrics({"val_macro_f1": baseline.val_macro_f1, "test_macro_f1": baseline.test_macro_f1,
@@ -439,6 +642,12 @@ def train_round(config: Config, snapshot, names: list[str] | None = None,
     return RoundResult(parent.info.run_id, snapshot.id, baseline, results)
 
 
+def load_result(out_dir: Path) -> TrainResult:
+    """The TrainResult a finished candidate folder holds (written by rank 0 under DDP)."""
+    raw = json.loads((Path(out_dir) / "result.json").read_text())
+    return TrainResult(**{**raw, "out_dir": Path(raw["out_dir"])})
+
+
 def sklearn_version() -> str:
     import sklearn
 
@@ -448,7 +657,10 @@ def sklearn_version() -> str:
 def log_result(result: TrainResult, baseline: BaselineResult) -> None:
     import mlflow
 
-    mlflow.log_params({"trainable_params": result.trainable, "total_params": result.total})
+    mlflow.log_params({"trainable_params": result.trainable, "total_params": result.total,
+                       "world_size": result.world_size, "target_rows": result.target_rows})
+    for task, values in result.task_metrics.items():
+        mlflow.log_metrics({f"task.{task}.test_{k}": v for k, v in values.items()})
     mlflow.log_metrics({
         "val_macro_f1": result.val_macro_f1, "test_macro_f1": result.test_macro_f1,
         "test_accuracy": result.test_accuracy, "trainable_share": result.trainable_share,
@@ -487,6 +699,9 @@ def save_trained(model, tokenizer, labels: list[str], base_model: str, out_dir: 
     tokenizer.save_pretrained(target)
     (target / "labels.json").write_text(json.dumps(labels))
     meta = {"base_model": base_model, "peft": is_peft, "labels": labels}
+    adapters = {} if is_peft else strategies.adapter_configs(model)
+    if adapters:  # bottleneck adapters: from_pretrained alone would drop their weights
+        meta["bottleneck"] = {"adapters": adapters}
     (target / META_FILE).write_text(json.dumps(meta, indent=2))
 
 
@@ -506,9 +721,33 @@ def load_trained(out_dir: Path):
 
         base = models.build_classifier(meta["base_model"], meta["labels"])
         model = PeftModel.from_pretrained(base, folder)
+    elif meta.get("bottleneck"):
+        model = load_bottleneck(folder, meta["bottleneck"])
     else:
         model = AutoModelForSequenceClassification.from_pretrained(folder, local_files_only=True)
     return model, tokenizer, meta["labels"]
+
+
+def load_bottleneck(folder: Path, saved: dict[str, Any]):
+    """A model with bottleneck adapters: the architecture from the folder, the adapters
+    re-inserted where ftops.json says, then every saved weight loaded strictly (a missing
+    or extra key is an error, not a silently random adapter)."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the adapter keys are "unexpected" to from_pretrained
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(folder, local_files_only=True)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    strategies.insert_adapters(model, saved["adapters"])
+    state = {}
+    for shard in sorted(folder.glob("*.safetensors")):
+        state.update(load_file(shard))
+    model.load_state_dict(state, strict=True)
+    return model.eval()
 
 
 # ---------------------------------------------------------------- plots

@@ -16,11 +16,11 @@ def config_with(tiny_model, **candidate):
 
 
 def test_registry_has_every_strategy_of_the_issue():
-    assert set(strategies.STRATEGIES) >= {"full", "freeze", "llrd", "lora", "ia3", "prompt_tuning"}
+    assert set(strategies.STRATEGIES) >= {"full", "freeze", "llrd", "lora", "ia3", "prompt_tuning", "bottleneck"}
 
 
 @pytest.mark.parametrize("candidate, message", [
-    ({"strategy": "qlora"}, r"Unknown strategy 'qlora'. Available: full, freeze, llrd, lora, ia3, prompt_tuning"),
+    ({"strategy": "qlora"}, r"Unknown strategy 'qlora'. Available: full, freeze, llrd, lora, ia3, prompt_tuning, bottleneck"),
     ({"strategy": "lora", "params": {"rank": 0}}, r"Candidate 'c' \(strategy lora\): params 'rank' = 0: .*greater than or equal to 1"),
     ({"strategy": "freeze", "params": {"layers": 5}}, r"layers=5 but the model has 2 encoder layers"),
     ({"strategy": "lora", "params": {"rnak": 4}}, r"unknown key 'rnak'; allowed: rank, alpha, dropout, target_modules"),
@@ -72,7 +72,7 @@ def test_lora_reports_its_trainable_share(tiny_model):
     assert any("classifier" in n for n in names)  # the head trains too
 
 
-@pytest.mark.parametrize("name", ["full", "freeze", "llrd", "lora", "ia3", "prompt_tuning"])
+@pytest.mark.parametrize("name", ["full", "freeze", "llrd", "lora", "ia3", "prompt_tuning", "bottleneck"])
 def test_every_strategy_runs_a_forward_and_backward(tiny_model, name):
     strategy = strategies.get_strategy(name)
     params = strategy.Params(**({"layers": 1} if name == "freeze" else {}))
