@@ -185,18 +185,23 @@ def _override_candidates(cfg, **values):
 def print_round(result) -> None:
     base = result.baseline
     table = Table(title=f"round {result.run_id[:8]} on snapshot {result.snapshot_id} (F1 = macro-F1)")
-    for name in ("candidate", "strategy", "train %", "val F1", "test F1", "samp/s", "wall s", "vs base"):
-        table.add_column(name, justify="left" if name in ("candidate", "strategy") else "right")
+    for name in ("candidate", "strategy", "extras", "train %", "val F1", "test F1", "samp/s", "wall s", "vs base"):
+        table.add_column(name, justify="left" if name in ("candidate", "strategy", "extras") else "right")
     for res, _ in result.candidates:
         delta = res.test_macro_f1 - base.test_macro_f1
         colour = "green" if delta > 0 else "red"
-        table.add_row(res.candidate, res.strategy, f"{100 * res.trainable_share:.2f}",
+        extras = res.extras + (f" x{res.world_size} procs" if res.world_size > 1 else "")
+        table.add_row(res.candidate, res.strategy, extras or "-", f"{100 * res.trainable_share:.2f}",
                       f"{res.val_macro_f1:.3f}", f"{res.test_macro_f1:.3f}",
                       f"{res.samples_per_second:.1f}", f"{res.wall_seconds:.0f}",
                       f"[{colour}]{delta:+.3f}[/]")
-    table.add_row("baseline", "tfidf+logreg", "-", f"{base.val_macro_f1:.3f}", f"{base.test_macro_f1:.3f}",
+    table.add_row("baseline", "tfidf+logreg", "-", "-", f"{base.val_macro_f1:.3f}", f"{base.test_macro_f1:.3f}",
                   "-", f"{base.wall_seconds:.1f}", "")
     out.print(table)
+    for res, _ in result.candidates:
+        for task, values in res.task_metrics.items():
+            out.print(f"  {res.candidate}: task [bold]{task}[/] test macro-F1 {values['macro_f1']:.3f}, "
+                      f"accuracy {values['accuracy']:.3f}")
 
 
 # ---------------------------------------------------------------- evaluate, compare, registry

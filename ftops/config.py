@@ -268,6 +268,11 @@ class UrisSection(Section):
     prefect_api: str = "http://127.0.0.1:4200/api"
     prediction_log: str | None = None
     evidently_workspace: str | None = None
+    triton: str | None = Field(None, description=(
+        "HTTP URL of a Triton that ftops does not start (team: http://triton:8000); its gRPC "
+        "and metrics ports are serving.grpc_port / metrics_port. Empty: ftops runs tritonserver"))
+    triton_repository: str | None = Field(None, description=(
+        "model repository folder that Triton reads too (a shared volume); empty: <project dir>/triton/repository"))
 
 
 class Config(Section):

@@ -25,8 +25,10 @@ TAG_ROUND = "ftops.round"
 def use_project(config: Config) -> str:
     """Point MLflow at the project's tracking URI; return the experiment id.
 
-    The experiment gets an explicit artifact location, else artifacts land in ./mlruns of
-    whatever the current directory is.
+    A database store (the embedded sqlite default) gets an explicit artifact location under
+    project.dir, else artifacts land in ./mlruns of whatever the current directory is. A
+    tracking server (http/https, the team set-up) keeps its own artifact root, so artifacts
+    go through the server to its object store (`mlflow server --artifacts-destination`).
     """
     import mlflow
 
@@ -35,7 +37,8 @@ def use_project(config: Config) -> str:
     mlflow.set_tracking_uri(cfg.uris.mlflow_tracking)
     experiment = mlflow.get_experiment_by_name(cfg.project.name)
     if experiment is None:
-        artifacts = (cfg.project.dir / "mlartifacts").as_uri()
+        served = cfg.uris.mlflow_tracking.startswith(("http://", "https://"))
+        artifacts = None if served else (cfg.project.dir / "mlartifacts").as_uri()
         experiment_id = mlflow.create_experiment(cfg.project.name, artifact_location=artifacts)
     else:
         experiment_id = experiment.experiment_id

@@ -243,3 +243,40 @@ def test_loadtest_reports_and_cross_checks_with_the_server(project):
     assert result.p50_ms <= result.p95_ms <= result.p99_ms
     assert 0 < result.server_avg_ms < result.p99_ms  # the server's own view is below the client's tail
     assert result.throughput > 0
+
+
+def test_an_external_triton_is_used_through_its_uri_and_never_stopped(project, exports, tmp_path):
+    """The team path (infra/): Triton is a service ftops did not start, named by uris.triton
+    with a shared model repository. Here the module's server plays that service; the deploy
+    code is the same, only the URIs differ."""
+    cfg, info = project
+    team = cfg.model_copy(update={
+        "project": cfg.project.model_copy(update={"dir": tmp_path / "team", "name": "team"}),
+        "uris": cfg.uris.model_copy(update={"triton": f"http://{info.http_url}",
+                                            "triton_repository": str(server.repository_dir(cfg))}),
+        "serving": cfg.serving.model_copy(update={"grpc_port": info.grpc_port, "metrics_port": info.metrics_port}),
+    })
+
+    def tritons() -> int:  # server processes (python backend stubs come and go with models)
+        def argv0(path: Path) -> bytes:
+            try:
+                return path.read_bytes().split(b"\0")[0]
+            except OSError:
+                return b""
+        return sum(argv0(p).endswith(b"bin/tritonserver") for p in Path("/proc").glob("[0-9]*/cmdline"))
+
+    before = tritons()
+    found = server.start(team)
+    assert found.external and found.grpc_url == info.grpc_url and tritons() == before
+    result = deploy.deploy(team, exports[3], TEXTS[:16])
+    assert result.outcome == "promoted", result.reason
+    assert (server.repository_dir(cfg) / deploy.champion_model(team)).is_dir()  # the shared repository
+    with TritonClient(info.grpc_url) as client:
+        assert len(client.classify(TEXTS[:4], deploy.champion_model(team))) == 4
+    assert server.stop(team) is False and server.ready(info)  # not ours to stop
+
+    gone = team.model_copy(update={"uris": team.uris.model_copy(update={"triton": "http://127.0.0.1:9"}),
+                                   "serving": team.serving.model_copy(update={"ready_timeout_s": 1})})
+    assert server.status(gone) is None
+    with pytest.raises(ServingError, match=r"uris.triton\) is not ready .* does not start a Triton"):
+        server.start(gone)

@@ -155,6 +155,7 @@ def deploy(config: Config, export_dir: Path, texts: list[str], version: str | No
                        check, None, run_id)
     load = loadtest.run(url, names.ensemble, texts, cfg.load_concurrency, cfg.load_requests,
                         cfg.load_warmup, cfg.protocol, timeout_s=cfg.request_timeout_s)
+    server.state_dir(config).mkdir(parents=True, exist_ok=True)  # absent when Triton is external
     histogram = loadtest.plot(load, server.state_dir(config) / f"latency-{tag}.png", config.gates.p99_ms)
     reasons = []
     if load.p99_ms > config.gates.p99_ms:

@@ -3,6 +3,10 @@ start on 127.0.0.1 with explicit model control, poll readiness, stop by PID.
 
 State lives in `<project>/triton/server.json` (pid, ports, log). A state file whose pid is
 gone, or is no longer a tritonserver, is stale and removed.
+
+With `uris.triton` set, Triton is someone else's (the team's container / Kubernetes
+Service): status and start only check its readiness, stop leaves it alone, and models go
+to the shared `uris.triton_repository`. Everything else (deploy, gateway) is the same code.
 """
 
 from __future__ import annotations
@@ -46,6 +50,13 @@ class ServerInfo:
     def url(self, protocol: str) -> str:
         return self.grpc_url if protocol == "grpc" else self.http_url
 
+    @property
+    def external(self) -> bool:
+        return self.pid == EXTERNAL_PID
+
+
+EXTERNAL_PID = 0  # a Triton ftops did not start: no process of ours to watch or stop
+
 
 def triton_home() -> Path:
     found = sorted(SERVING_VENV.glob("lib/python3*/site-packages/pytriton/tritonserver"))
@@ -59,7 +70,19 @@ def state_dir(config: Config) -> Path:
 
 
 def repository_dir(config: Config) -> Path:
-    return state_dir(config) / "repository"
+    shared = config.uris.triton_repository
+    return Path(shared) if shared else state_dir(config) / "repository"
+
+
+def external(config: Config) -> ServerInfo | None:
+    """The team's Triton named by uris.triton (None when ftops runs its own)."""
+    from urllib.parse import urlparse
+
+    if not config.uris.triton:
+        return None
+    url = urlparse(config.uris.triton if "://" in config.uris.triton else f"http://{config.uris.triton}")
+    return ServerInfo(EXTERNAL_PID, url.hostname, url.port or 8000, config.serving.grpc_port,
+                      config.serving.metrics_port, str(repository_dir(config)), log="")
 
 
 def _state_file(config: Config) -> Path:
@@ -82,6 +105,9 @@ def _alive(pid: int) -> bool:
 
 def status(config: Config) -> ServerInfo | None:
     """The running server of this project, or None (a stale state file is removed)."""
+    team = external(config)
+    if team is not None:
+        return team if ready(team) else None
     path = _state_file(config)
     if not path.is_file():
         return None
@@ -113,6 +139,9 @@ def _environment() -> dict[str, str]:
 
 def start(config: Config) -> ServerInfo:
     """Start (or return the already running) server; raises with the log tail on failure."""
+    team = external(config)
+    if team is not None:
+        return wait_external(team, config.serving.ready_timeout_s)
     running = status(config)
     if running is not None:
         return running
@@ -156,10 +185,22 @@ def start(config: Config) -> ServerInfo:
                        f"(serving.ready_timeout_s). Last log lines ({log}):\n{tail(log)}")
 
 
+def wait_external(info: ServerInfo, timeout_s: float) -> ServerInfo:
+    deadline = time.monotonic() + timeout_s
+    while not ready(info):
+        if time.monotonic() > deadline:
+            raise ServingError(f"Triton at http://{info.http_url} (uris.triton) is not ready after "
+                               f"{timeout_s:.0f} s. ftops does not start a Triton it did not launch: "
+                               "check that service, or clear uris.triton to run the embedded one.")
+        time.sleep(0.5)
+    return info
+
+
 def stop(config: Config) -> bool:
-    """SIGTERM, then SIGKILL after the exit timeout; True if a server was stopped."""
+    """SIGTERM, then SIGKILL after the exit timeout; True if a server was stopped.
+    An external Triton (uris.triton) is never stopped by ftops."""
     info = status(config)
-    if info is None:
+    if info is None or info.external:
         return False
     procs.terminate(info.pid, _alive, EXIT_TIMEOUT_S + 10)
     _state_file(config).unlink(missing_ok=True)
