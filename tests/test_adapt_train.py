@@ -82,3 +82,17 @@ def test_a_two_task_minilm_trains_and_reports_both_tasks(two_domains, tmp_path):
     assert tasks["domain"]["classes"] == ["airline", "apple"]
     heads = load_file(folder / "task_heads.safetensors")
     assert heads["heads.domain.1.weight"].shape == (2, 384)
+
+
+def test_mlflow_records_the_adaptation_settings(tiny_model, airline_snapshot, tmp_path):
+    import mlflow
+    from mlflow import MlflowClient
+
+    cfg = config(str(tiny_model), tmp_path, max_steps=2,
+                 adaptation={"method": "mmd", "weight": 0.7, "schedule": "linear"})
+    target = [f"claritin works for my allergies {i}" for i in range(30)]
+    result = train.train_round(cfg, airline_snapshot, retrain=train.RetrainSources(target_texts=target))
+    (_, run_id), = result.candidates
+    params = MlflowClient(mlflow.get_tracking_uri()).get_run(run_id).data.params
+    assert params["adaptation.method"] == "mmd" and params["adaptation.weight"] == "0.7"
+    assert params["adaptation.schedule"] == "linear" and params["target_rows"] == "30"
