@@ -96,3 +96,20 @@ def test_mlflow_records_the_adaptation_settings(tiny_model, airline_snapshot, tm
     params = MlflowClient(mlflow.get_tracking_uri()).get_run(run_id).data.params
     assert params["adaptation.method"] == "mmd" and params["adaptation.weight"] == "0.7"
     assert params["adaptation.schedule"] == "linear" and params["target_rows"] == "30"
+
+
+def test_a_multi_task_candidate_exports_its_primary_head(tiny_model, tmp_path):
+    """Export and serving use the primary classifier; the auxiliary heads stay beside it."""
+    from ftops import data, export
+
+    snap = data.prepare(Config.model_validate({"project": {"dir": str(tmp_path / "d")},
+                                               "data": {"source": "builtin:tweets?domain=airline,apple",
+                                                        "max_rows": 200}}))
+    cfg = config(str(tiny_model), tmp_path, max_steps=3, tasks=[{"name": "domain", "column": "domain"}])
+    trained = train.train_candidate(cfg, cfg.candidates[0], snap, tmp_path / "mt")
+    test = snap.split("test")
+    result = export.export_model(trained.out_dir, tmp_path / "export", [], 48, parity_texts=list(test["text"]),
+                                 parity_labels=[snap.labels.index(label) for label in test["label"]],
+                                 variants=["fp32"])
+    assert result.variants["fp32"].status == "pass" and result.labels == snap.labels
+    assert (trained.out_dir / "model" / "task_heads.safetensors").is_file()
