@@ -258,6 +258,25 @@ class Extras(torch.nn.Module):
             {n: {"column": c, "classes": v, "weight": self.weights[n]} for n, (c, v) in self.vocab.items()}, indent=2))
 
 
+def attach_extras(prepared: strategies.Prepared, candidate: CandidateSection,
+                  vocab: dict[str, tuple[str, list[str]]]) -> Extras | None:
+    """The candidate's extra heads, as a submodule of the model while it trains (so the
+    optimizer and DDP see them), or None without adaptation or tasks."""
+    if candidate.adaptation is None and not candidate.tasks:
+        return None
+    extras = Extras(prepared.model, candidate.adaptation, candidate.tasks, vocab)
+    prepared.model.ftops_extras = extras
+    prepared.param_groups += strategies.decay_groups(list(extras.named_parameters()), candidate.learning_rate,
+                                                     candidate.weight_decay, "extras")
+    return extras
+
+
+def with_target_rows(train_frame: pd.DataFrame, texts: list[str]) -> pd.DataFrame:
+    """Labelled source rows (domain 0) + unlabelled target texts (domain 1, no label)."""
+    return pd.concat([train_frame.assign(**{DOMAIN_KEY: 0}), pd.DataFrame({"text": texts, DOMAIN_KEY: 1})],
+                     ignore_index=True)
+
+
 def describe_extras(candidate: CandidateSection) -> str:
     parts = []
     if candidate.adaptation is not None:
@@ -508,17 +527,11 @@ def train_candidate(config: Config, candidate: CandidateSection, snapshot, out_d
 
     train_frame = rehearsal_mix(snapshot.split("train"), retrain.old_train, candidate.rehearsal_share, candidate.seed)
     vocab = task_vocab(train_frame, candidate.tasks, candidate.name)
-    extras, target_rows = None, 0
-    if candidate.adaptation is not None or candidate.tasks:
-        extras = Extras(prepared.model, candidate.adaptation, candidate.tasks, vocab)
-        prepared.model.ftops_extras = extras  # a submodule while training: optimizer + DDP see it
-        prepared.param_groups += strategies.decay_groups(list(extras.named_parameters()), candidate.learning_rate,
-                                                         candidate.weight_decay, "extras")
+    extras = attach_extras(prepared, candidate, vocab)
+    target_rows = 0
     if candidate.adaptation is not None:
         texts = retrain.target_texts if retrain.target_texts is not None else target_texts(config, candidate.adaptation)
-        target_rows = len(texts)
-        train_frame = pd.concat([train_frame.assign(**{DOMAIN_KEY: 0}),
-                                 pd.DataFrame({"text": texts, DOMAIN_KEY: 1})], ignore_index=True)
+        train_frame, target_rows = with_target_rows(train_frame, texts), len(texts)
     train_set, val_set, test_set = (
         Encoded(frame, tokenizer, labels, config.model.max_length, vocab)
         for frame in (train_frame, snapshot.split("validation"), snapshot.split("test")))
@@ -744,7 +757,7 @@ def load_bottleneck(folder: Path, saved: dict[str, Any]):
         hf_logging.set_verbosity(verbosity)
     strategies.insert_adapters(model, saved["adapters"])
     state = {}
-    for shard in sorted(folder.glob("*.safetensors")):
+    for shard in sorted(folder.glob("model*.safetensors")):  # not task_heads.safetensors
         state.update(load_file(shard))
     model.load_state_dict(state, strict=True)
     return model.eval()
