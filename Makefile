@@ -53,7 +53,7 @@ down:
 	@test -x $(VENV)/bin/ftops || exit 0; $(VENV)/bin/ftops down; $(VENV)/bin/ftops down -c deploy/demo.yaml
 
 test: setup
-	$(VENV)/bin/python -m pytest tests
+	$(VENV)/bin/python -m pytest tests --durations=15
 
 test-fast: setup
 	$(VENV)/bin/python -m pytest tests -m "not slow"
