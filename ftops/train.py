@@ -378,7 +378,7 @@ class FtopsTrainer(Trainer):
         if self.extras is not None and model.training:
             terms = self.extras.loss(side, self.state.global_step / max(1, self.state.max_steps))
             for name, value in terms.items():
-                if value.requires_grad and not name.startswith("task_"):
+                if value.requires_grad:  # per-task values are detached copies, for the logs only
                     loss = loss + value
                 self.extra_terms.setdefault(f"{name}_loss", []).append(float(value.detach()))
         return (loss, outputs) if return_outputs else loss
