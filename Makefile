@@ -33,7 +33,7 @@ $(VENV)/.ftops-setup: pyproject.toml requirements/constraints.txt requirements/a
 	@echo "platform venv ready: $(VENV)"
 
 # The serving venv mirrors a Triton container: numpy<2 for the python-backend stub, built
-# from the system python whose libpython the stub links (RECIPES.md section 6).
+# from the system python whose libpython the stub links.
 $(SERVING_VENV)/.ftops-setup: requirements/serving.txt requirements/serving.lock
 	@test -x $(SERVING_VENV)/bin/python || $(SERVING_PYTHON) -m venv $(SERVING_VENV)
 	$(SERVING_VENV)/bin/pip --disable-pip-version-check install -q -c requirements/serving.lock -r requirements/serving.txt

@@ -1,5 +1,9 @@
-"""The demo: the drift story of DESIGN.md section 6, end to end, on the real corpus and the
+"""The demo: the drift story (README, The demo), end to end, on the real corpus and the
 real MiniLM, through the real services.
+
+Its project dir is reset at the start, and only a folder the demo created is ever reset:
+one it finds missing or empty it creates and marks (MARKER); any other non-empty folder is
+refused untouched (project.dir may come from $FTOPS_PROJECT__DIR, e.g. a team's volume).
 
 1. services up (Prefect, MLflow UI, Triton, gateway, Evidently UI, the deployments process);
 2. the first lifecycle run, started through Prefect: airline champion, A/B vs the baseline,
@@ -29,10 +33,12 @@ from sklearn.metrics import f1_score
 
 from ftops import corpora, data, registry, services
 from ftops.config import Config, load_config
+from ftops.errors import FtopsError
 
 IN_DOMAIN_TRAFFIC = 300
 SHIFTED_TRAFFIC = 1200
 HOLDOUT = 600
+MARKER = ".ftops-demo"  # written into the project dir the demo created: the only kind it resets
 
 
 @dataclass
@@ -59,9 +65,11 @@ def run(config_path: str, reset: bool = True, say: Callable[[str], None] = print
     config = load_config(config_path)
     os.environ.update(services.environment(config, config_path))
     story = Story()
-    if reset:
+    folder = config.resolved().project.dir
+    if reset and is_demo_dir(folder):
         services.down(config)
-        shutil.rmtree(config.resolved().project.dir, ignore_errors=True)
+        shutil.rmtree(folder)
+    claim(folder, reset, config_path)
 
     clock = time.monotonic()
     rows = services.up(config, config_path)
@@ -129,6 +137,30 @@ def run(config_path: str, reset: bool = True, say: Callable[[str], None] = print
                             figures, time.monotonic() - clock))
     story.total_s = time.monotonic() - started
     return story
+
+
+# ---------------------------------------------------------------- the project dir
+
+
+def is_demo_dir(folder: Path) -> bool:
+    return (folder / MARKER).is_file()
+
+
+def claim(folder: Path, reset: bool, config_path: str) -> None:
+    """Create and mark a missing or empty project dir. Any other folder is refused when a
+    reset was asked for (a reset deletes the whole folder); with --keep it is used as is."""
+    if folder.exists() and not folder.is_dir():
+        raise FtopsError(f"The demo's project dir {folder} is a file. Point project.dir ({config_path}, or "
+                         "$FTOPS_PROJECT__DIR) at a new or empty folder.")
+    if folder.is_dir() and any(folder.iterdir()) and not is_demo_dir(folder):
+        if not reset:
+            return
+        raise FtopsError(f"The demo's project dir {folder} is not empty and was not created by the demo "
+                         f"(it has no {MARKER} file), so it is not reset: a reset deletes the whole folder. "
+                         f"Nothing in it was touched. Point project.dir ({config_path}, or $FTOPS_PROJECT__DIR) "
+                         "at a new or empty folder, or run with --keep to use this one without a reset.")
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / MARKER).write_text("Created by `ftops demo`, which deletes and recreates this folder at each run.\n")
 
 
 # ---------------------------------------------------------------- Prefect

@@ -20,10 +20,17 @@ def _config(config_path: str | None) -> Config:
     return load_config(config_path)
 
 
+# Labelled traffic a retraining reads: the newest this many rows. Labels an earlier round
+# took in live on in the champion's snapshot (which the next round rehearses), so older rows
+# add nothing new; the bound keeps the read, its memory and the run's time flat as the log grows.
+FEEDBACK_WINDOW = 50_000
+
+
 @task(name="prepare-data", retries=1, retry_delay_seconds=5, timeout_seconds=900)
 def prepare_data(config_path: str | None) -> dict:
     """First round: the configured source. Later rounds: the champion's rows + labelled
-    traffic (rehearsal of the old domain, learning of the new one)."""
+    traffic (rehearsal of the old domain, learning of the new one). What comes back is the
+    run's data lineage: splits, test rows per source, per sender offered / kept."""
     from ftops import predlog
 
     config = _config(config_path)
@@ -32,12 +39,22 @@ def prepare_data(config_path: str | None) -> dict:
         snapshot = data.prepare(config)
         return {"snapshot": snapshot.id, "counts": snapshot.counts, "retrain": False, "feedback_rows": 0}
     old = data.load_snapshot(data.snapshot_root(config), champion.tags["ftops.data_snapshot"])
-    feedback = predlog.labelled(predlog.engine(config.resolved().uris.prediction_log))
-    frame = data.retraining_frame(old, feedback)
-    snapshot = data.prepare(config.model_copy(update={"data": config.data.model_copy(update={"max_rows": None})}),
-                            frame, origin=f"retrain: snapshot {old.id} + {len(feedback)} labelled requests")
+    feedback = predlog.labelled(predlog.engine(config.resolved().uris.prediction_log), max_rows=FEEDBACK_WINDOW)
+    frame = data.retraining_frame(old, feedback, config)
+    snapshot = data.prepare(retraining_config(config, old), frame,
+                            origin=f"retrain: snapshot {old.id} + {len(feedback)} labelled requests")
+    report = snapshot.report
     return {"snapshot": snapshot.id, "counts": snapshot.counts, "retrain": True, "feedback_rows": len(feedback),
-            "parent_version": champion.version}
+            "parent_version": champion.version, "sources": snapshot.source_counts, "senders": report.senders,
+            "kept_in_train": report.kept_in_train, "dropped": report.dropped}
+
+
+def retraining_config(config: Config, old: data.Snapshot) -> Config:
+    """The data settings of a retraining: every row kept (no max_rows sample), the
+    champion's labels (the challenger must predict the same ones to be compared), and
+    traffic's invalid rows dropped and counted: the shape of traffic never fails the run."""
+    update = {"max_rows": None, "labels": list(old.labels), "on_invalid": "drop"}
+    return config.model_copy(update={"data": config.data.model_copy(update=update)})
 
 
 @flow(name="train_candidates", log_prints=True, timeout_seconds=7200)
@@ -83,7 +100,8 @@ def evaluate_and_decide(config_path: str | None, snapshot_id: str, run_id: str) 
     print(decision.summary)
     return {"outcome": decision.outcome, "summary": decision.summary, "version": version.version,
             "metrics": {k: (v or {}).get("macro_f1") for k, v in decision.metrics.items()},
-            "slices": {k: v.get("delta") for k, v in decision.slices.items()}}
+            "slices": {k: v.get("delta") for k, v in decision.slices.items()},
+            "test_rows_by_source": decision.context.get("test_rows_by_source")}
 
 
 @flow(name="export_and_deploy", log_prints=True, timeout_seconds=3600)
@@ -115,13 +133,16 @@ def export_and_deploy(config_path: str | None, version: str, snapshot_id: str, r
 def monitor_drift(config_path: str | None = None) -> dict:
     """One drift check of recent traffic against the champion's reference; on an alert the
     check emits `ftops.drift.detected`, which the lifecycle deployment's trigger turns into
-    a retraining run."""
-    from ftops import monitor
+    a retraining run. Then retention (ftops.retention) bounds what the loop accumulates."""
+    from ftops import monitor, retention
 
     config = _config(config_path)
     result = monitor.check(config)
     print(result.summary() if hasattr(result, "summary") else result)
-    return result.as_dict() if hasattr(result, "as_dict") else {"result": str(result)}
+    out = result.as_dict() if hasattr(result, "as_dict") else {"result": str(result)}
+    pruned = retention.apply(config)
+    print("retention: " + "; ".join(pruned.lines()))
+    return {**out, "retention": pruned.as_dict()}
 
 
 @flow(name="lifecycle", log_prints=True, timeout_seconds=4 * 3600)

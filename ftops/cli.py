@@ -502,8 +502,10 @@ def strategies_cmd():
 @config_app.command("show")
 def config_show(config: ConfigOption = None, project_dir: ProjectDirOption = None):
     """Print the effective config (file + FTOPS_ env overrides + embedded defaults)."""
+    from ftops import security
+
     cfg = _config(config, project_dir=project_dir).resolved()
-    out.print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), end="")
+    out.print(yaml.safe_dump(security.masked(cfg.model_dump(mode="json")), sort_keys=False), end="")
 
 
 @config_app.command("check")
@@ -581,7 +583,27 @@ def status_cmd(config: ConfigOption = None, project_dir: ProjectDirOption = None
     """Which services run, where, and their logs."""
     from ftops import services
 
-    print_services(services.status(_config(config, project_dir=project_dir)))
+    cfg = _config(config, project_dir=project_dir)
+    print_services(services.status(cfg))
+    for what, state in services.protection(cfg):
+        colour = "yellow" if state.startswith("OPEN") else "green"
+        out.print(f"{what}: [{colour}]{state}[/]")
+    _print_log_health(cfg)
+
+
+def _print_log_health(cfg) -> None:
+    """The gateway's prediction-log counts: rows set aside or dropped are never silent."""
+    from ftops.serve import gateway
+
+    info = gateway.status(cfg)
+    answer = gateway.probe(info.url) if info else None
+    if answer is None:
+        return
+    log = answer[1].get("log", {})
+    parts = [f"{key.replace('_', ' ')} {log[key]}" for key in ("written", "buffered", "dropped", "dead_lettered")
+             if key in log]
+    colour = "red" if log.get("dropped") or log.get("dead_lettered") else "green"
+    out.print(f"prediction log: [{colour}]{', '.join(parts)}[/]")
 
 
 def print_services(rows) -> None:
@@ -706,15 +728,18 @@ def ab_report_cmd(
     from datetime import UTC, datetime, timedelta
 
     from ftops import predlog
-    from ftops.serve.traffic import ab_report
+    from ftops.serve.traffic import REPORT_MAX_ROWS, ab_report, report_rows
 
     cfg = _config(config, project_dir=project_dir).resolved()
     since = datetime.now(UTC) - timedelta(hours=since_hours) if since_hours else None
-    frame = predlog.read(predlog.engine(cfg.uris.prediction_log), last=last, since=since, routes=predlog.ROUTES)
+    frame = report_rows(predlog.engine(cfg.uris.prediction_log), since=since, last=last)  # bounded, in chunks
     report = ab_report(frame, alpha=cfg.gates.alpha)
     if as_json:
         out.print_json(json.dumps(report))
         return
+    if last is None and len(frame) == REPORT_MAX_ROWS:
+        out.print(f"[yellow]Only the newest {REPORT_MAX_ROWS} logged rows were read; pass --last or --since-hours "
+                  "for another window.[/]")
     print_ab_report(report, len(frame))
 
 
@@ -919,6 +944,22 @@ def print_export(result) -> None:
     else:
         out.print(f"[bold red]nothing selected[/]: {result.selection_reason}")
     out.print(f"manifest: {result.out_dir / export_stage.MANIFEST_FILE}")
+
+
+# ---------------------------------------------------------------- retention
+
+
+@app.command("prune")
+def prune_cmd(config: ConfigOption = None, project_dir: ProjectDirOption = None):
+    """Apply the retention settings now: archive old prediction-log rows, keep only the routed
+    Triton versions, rotate service logs, drop old downloads, snapshots and checkpoints."""
+    from ftops import retention
+
+    report = retention.apply(_config(config, project_dir=project_dir))
+    for line in report.lines():
+        out.print(line, highlight=False)
+    if report.errors:
+        raise typer.Exit(1)
 
 
 def main() -> None:

@@ -47,6 +47,9 @@ class DataSection(Section):
     encoding: str = "utf-8"
     on_invalid: Literal["error", "drop"] = "error"
     min_rows_per_class: int = Field(10, ge=1)
+    absent_labels: Literal["error", "allow"] = Field("error", description=(
+        "a data.labels label with no rows: error (it counts as 0 rows per class), or allow "
+        "(the model keeps the label and learns nothing of it)"))
     min_chars: int = Field(1, ge=1)
     max_chars: int = Field(2000, ge=1)
     dedup: Literal["none", "exact", "normalized"] = "normalized"
@@ -260,6 +263,46 @@ class SchedulesSection(Section):
         return value
 
 
+class FeedbackSection(Section):
+    """What delayed labels may do to the next model: they train it, but never decide the gate."""
+
+    holdout_share: float = Field(0.2, ge=0, lt=1, description=(
+        "share of feedback rows (chosen by a hash of the request id, never by the caller) held out "
+        "as the A/B gate's test rows; training never sees them"))
+    max_sender_share: float = Field(0.005, gt=0, le=1, description=(
+        "largest share of a retraining set that one sender's labels may make up; beyond it the "
+        "sender's newest rows are left out and counted"))
+    per_minute: int = Field(600, ge=1, description="feedback requests one credential may send per minute (429 beyond)")
+
+
+class SecuritySection(Section):
+    """Where credentials come from. The YAML names files, never a secret itself; the same
+    values can come from the environment (FTOPS_GATEWAY_TOKENS, FTOPS_PREFECT_AUTH)."""
+
+    tokens_file: Path | None = Field(None, description=(
+        "file with the gateway's write tokens, one 'name token' per line; also $FTOPS_GATEWAY_TOKENS_FILE"))
+    prefect_auth_file: Path | None = Field(None, description=(
+        "file holding the Prefect server's 'user:password' auth string; also $FTOPS_PREFECT_AUTH"))
+
+
+class RetentionSection(Section):
+    """What ftops keeps of what grows with use; applied after every drift check (the
+    monitor_drift flow) and by `ftops prune`."""
+
+    prediction_days: int = Field(90, ge=1, description=(
+        "prediction-log rows older than this are archived to Parquet under <project dir>/archive "
+        "and deleted from the log (archived rows no longer feed monitoring or retraining)"))
+    archive_chunk_rows: int = Field(10000, ge=100, description="rows read, archived and deleted at a time")
+    log_max_mb: float = Field(20, gt=0, description="a service log larger than this is rotated (<name>.log.1 newest)")
+    log_keep: int = Field(3, ge=1, description="rotated files kept per service log")
+    downloads_keep: int = Field(3, ge=0, description=(
+        "registry download folders (<project dir>/downloads) kept besides those of the aliased versions"))
+    evidently_snapshots: int = Field(2000, ge=1, description=(
+        "newest Evidently workspace snapshots kept (a check adds one or two; 2000 = about 3 weeks at 15 min)"))
+    keep_checkpoints: bool = Field(False, description=(
+        "keep the Trainer checkpoints of finished candidates (false: deleted; the trained model stays)"))
+
+
 class UrisSection(Section):
     """Empty values resolve to embedded defaults under project.dir (see Config.resolved)."""
 
@@ -288,6 +331,9 @@ class Config(Section):
     serving: ServingSection = ServingSection()
     monitoring: MonitoringSection = MonitoringSection()
     schedules: SchedulesSection = SchedulesSection()
+    feedback: FeedbackSection = FeedbackSection()
+    security: SecuritySection = SecuritySection()
+    retention: RetentionSection = RetentionSection()
     uris: UrisSection = UrisSection()
 
     @field_validator("candidates")

@@ -2,7 +2,10 @@
 
 A snapshot is an immutable folder (Parquet splits + labels + manifest with sha256 of every
 file) named by its content hash; later stages reference it by that id. Errors name the
-file, the row (records counted from 1 after any header) and the field.
+file, the row (records counted from 1 after any header) and the field. A set that cannot
+train and judge a classifier is refused before anything is written. When retraining,
+labelled traffic joins the champion's rows under limits: its split comes from a hash, a
+curated row outranks it, and one sender's share is capped.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import os
 import random
 import re
@@ -22,14 +26,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
 from ftops import corpora
-from ftops.config import Config, DataSection
+from ftops.config import Config, DataSection, FeedbackSection
 from ftops.errors import DataError
 
 SPLITS = ("train", "validation", "test")
+FEEDBACK = "feedback"  # the `source` of labelled traffic; anything else is curated
+LINEAGE = ("request_id", "sender", "ts")  # feedback bookkeeping: summarised in the manifest, not stored
+MIN_TO_STRATIFY = 3  # rows of a label a two-step stratified split needs (2 must reach the second step)
 MAX_LISTED = 8  # problems listed in one error message; the rest are counted
 SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl",
             ".json": "json", ".parquet": "parquet", ".pq": "parquet"}
@@ -43,6 +51,8 @@ class CleaningReport:
     examples: dict[str, list[int]] = field(default_factory=dict)
     truncated: int = 0
     subsampled: int = 0
+    senders: dict[str, dict[str, int]] = field(default_factory=dict)  # feedback offered / kept per sender
+    kept_in_train: dict[str, int] = field(default_factory=dict)  # rows per label too few to split or hold out
 
     def drop(self, reason: str, rows: pd.Series) -> None:
         if len(rows):
@@ -59,6 +69,7 @@ class Snapshot:
     label_counts: dict[str, dict[str, int]]
     report: CleaningReport
     source: str
+    source_counts: dict[str, dict[str, int]] = field(default_factory=dict)  # split -> source -> rows
 
     def split(self, name: str) -> pd.DataFrame:
         return pd.read_parquet(self.path / f"{name}.parquet")
@@ -220,14 +231,37 @@ def _label_text(value: Any) -> Any:
     return value if isinstance(value, str) else (None if pd.isna(value) else str(value))
 
 
+def check_rows(frame: pd.DataFrame, cfg: DataSection, origin: str, report: CleaningReport) -> None:
+    """Refuse, before anything is written, a set no classifier can be trained and judged on."""
+    if frame.empty:
+        dropped = "; ".join(f"{reason}: {n}" for reason, n in drop_summary(report)) or "nothing dropped"
+        raise DataError(f"{origin}: no rows left after cleaning ({report.rows_in} read; {dropped}). "
+                        "Check that the file holds data rows (not just a header), data.text_column / "
+                        "data.label_column, and data.min_chars / data.on_invalid.")
+    present = frame["label"].value_counts()
+    if len(present) < 2:
+        missing = [l for l in cfg.labels or [] if l not in present.index]
+        absent = f"; absent: {', '.join(missing)}" if missing else ""
+        raise DataError(f"{origin}: only one label occurs ('{present.index[0]}', {present.iloc[0]} rows"
+                        f"{absent}); a classifier needs rows of at least two labels. Add rows of the "
+                        "other labels, or check data.label_column.")
+    check_class_counts(frame, cfg, origin)
+
+
 def check_class_counts(frame: pd.DataFrame, cfg: DataSection, origin: str) -> None:
+    """Every label present, and every data.labels label (absent ones count as 0 unless
+    data.absent_labels is allow), needs min_rows_per_class rows."""
     counts = frame["label"].value_counts()
-    needed = max(cfg.min_rows_per_class, 3)  # 3: one row per split at the very least
+    if cfg.labels and cfg.absent_labels == "error":
+        counts = counts.reindex(list(dict.fromkeys([*cfg.labels, *counts.index])), fill_value=0)
+    needed = max(cfg.min_rows_per_class, MIN_TO_STRATIFY)  # one row per split at the very least
     few = counts[counts < needed]
     if len(few):
         listed = ", ".join(f"'{k}' has {v}" for k, v in few.items())
+        absent = ("; a data.labels label with no rows counts as 0 (data.absent_labels: allow keeps it "
+                  "without rows)") if (few == 0).any() else ""
         raise DataError(f"{origin}: too few rows per class after cleaning ({listed}); "
-                        f"data.min_rows_per_class is {cfg.min_rows_per_class}. Add labelled "
+                        f"data.min_rows_per_class is {cfg.min_rows_per_class}{absent}. Add labelled "
                         "rows, merge rare labels, or lower data.min_rows_per_class.")
 
 
@@ -268,15 +302,35 @@ def clean(frame: pd.DataFrame, cfg: DataSection, report: CleaningReport) -> pd.D
 
 def _dedup(frame: pd.DataFrame, mode: str, report: CleaningReport) -> pd.DataFrame:
     key = frame["text"] if mode == "exact" else frame["text"].map(normalized_key)
-    # The same text with different labels cannot be learned from: drop every copy.
+    curated = _curated(frame)
+    # Labelled traffic cannot overrule the curated data: a feedback row that gives a curated
+    # text another label is dropped, the curated row kept (else crafted feedback erases it).
+    contradicting = _contradicts_curated(key, frame["label"], curated)
+    report.drop("feedback contradicting a curated row", frame.loc[contradicting, "row"])
+    frame, key, curated = frame[~contradicting], key[~contradicting], curated[~contradicting]
+    # Otherwise the same text with different labels cannot be learned from: drop every copy.
     labels_per_key = frame.groupby(key)["label"].transform("nunique")
     conflicting = labels_per_key > 1
     report.drop("duplicate text with conflicting labels", frame.loc[conflicting, "row"])
-    kept = frame[~conflicting]
-    kept_key = key[~conflicting]
-    repeated = kept_key.duplicated(keep="first")
+    kept, kept_key, kept_curated = frame[~conflicting], key[~conflicting], curated[~conflicting]
+    curated_first = kept.index[np.argsort(~kept_curated.to_numpy(), kind="stable")]
+    repeated = kept_key.loc[curated_first].duplicated(keep="first").reindex(kept.index)
     report.drop(f"duplicate ({mode})", kept.loc[repeated, "row"])
     return kept[~repeated]
+
+
+def _curated(frame: pd.DataFrame) -> pd.Series:
+    """Rows not from labelled traffic; without a `source` column every row is curated."""
+    if "source" not in frame:
+        return pd.Series(True, index=frame.index)
+    return frame["source"] != FEEDBACK
+
+
+def _contradicts_curated(key: pd.Series, label: pd.Series, curated: pd.Series) -> pd.Series:
+    curated_pairs = set(zip(key[curated], label[curated]))
+    curated_keys = {k for k, _ in curated_pairs}
+    return pd.Series([not c and k in curated_keys and (k, l) not in curated_pairs
+                      for k, l, c in zip(key, label, curated)], index=key.index, dtype=bool)
 
 
 # ---------------------------------------------------------------- labels, split, augment
@@ -298,12 +352,15 @@ def subsample(frame: pd.DataFrame, cfg: DataSection, report: CleaningReport) -> 
     return kept.sort_values("row")
 
 
-def split(frame: pd.DataFrame, cfg: DataSection) -> dict[str, pd.DataFrame]:
+def split(frame: pd.DataFrame, cfg: DataSection, report: CleaningReport | None = None) -> dict[str, pd.DataFrame]:
     """Stratified, seeded train / validation / test. Rows with a `split_hint` keep that
     split: when retraining, the champion's training rows must never land in the test split
-    it is judged on (it has memorised them)."""
+    it is judged on (it has memorised them), and feedback rows go where their request id's
+    hash sends them. A label with too few unhinted rows to stratify stays in train (counted
+    in `report.kept_in_train`) instead of failing the split."""
     if "split_hint" not in frame:
         frame = frame.assign(split_hint=None)
+    frame = _small_labels_to_train(frame, frame["split_hint"].isna(), MIN_TO_STRATIFY, report)
     hinted = frame[frame["split_hint"].notna()]
     free = frame.drop(hinted.index)
     parts = dict(zip(SPLITS, _stratified(free, cfg))) if len(free) else {s: free for s in SPLITS}
@@ -312,6 +369,43 @@ def split(frame: pd.DataFrame, cfg: DataSection) -> dict[str, pd.DataFrame]:
         part = pd.concat([parts[name], hinted[hinted["split_hint"] == name]])
         out[name] = part.drop(columns=["split_hint"], errors="ignore").sort_values("row").reset_index(drop=True)
     return out
+
+
+def _small_labels_to_train(frame: pd.DataFrame, among: pd.Series, fewer_than: int,
+                           report: CleaningReport | None) -> pd.DataFrame:
+    """Hint to train the rows (of `among`) of every label with fewer than `fewer_than` of them."""
+    counts = frame.loc[among, "label"].value_counts()
+    small = counts[counts < fewer_than]
+    if small.empty:
+        return frame
+    moved = among & frame["label"].isin(small.index)
+    out = frame.copy()
+    out.loc[moved, "split_hint"] = "train"
+    if report is not None:
+        for label, n in small.items():
+            report.kept_in_train[label] = report.kept_in_train.get(label, 0) + int(n)
+    return out
+
+
+def rare_feedback_to_train(frame: pd.DataFrame, cfg: DataSection, report: CleaningReport) -> pd.DataFrame:
+    """New feedback rows of a label with under min_rows_per_class of them train instead of
+    being held out: a handful of test rows measures nothing (slices that small are not
+    gated on) and would withhold the only examples training has of that label's traffic."""
+    if "request_id" not in frame or "split_hint" not in frame:
+        return frame
+    new = ~_curated(frame) & frame["request_id"].notna()
+    return _small_labels_to_train(frame, new, cfg.min_rows_per_class, report)
+
+
+def feedback_split(request_id: str, salt: str, holdout_share: float, validation_share: float) -> str:
+    """The split of one feedback row, from a salted hash of its request id (which the
+    gateway assigns), never from the caller: `holdout_share` of rows are test, and of the
+    rest `validation_share` are validation. The same id always gets the same split."""
+    digest = hashlib.sha256(f"{salt}\x00{request_id}".encode()).digest()
+    u = int.from_bytes(digest[:8], "big") / 2 ** 64
+    if u < holdout_share:
+        return "test"
+    return "validation" if (u - holdout_share) / (1 - holdout_share) < validation_share else "train"
 
 
 def _stratified(frame: pd.DataFrame, cfg: DataSection) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
@@ -388,11 +482,13 @@ def write_snapshot(splits: dict[str, pd.DataFrame], labels: list[str], report: C
         counts = {name: len(part) for name, part in splits.items()}
         label_counts = {name: {l: int(c) for l, c in part["label"].value_counts().items()}
                         for name, part in splits.items()}
+        source_counts = {name: {s: int(c) for s, c in part["source"].value_counts().items()}
+                         for name, part in splits.items() if "source" in part}
         manifest = {
             "id": snapshot_id, "sha256": content, "created_at": datetime.now(UTC).isoformat(),
             "source": cfg.source, "source_sha256": source_sha, "config": cfg.model_dump(mode="json"),
             "labels": labels, "counts": counts, "label_counts": label_counts,
-            "cleaning": asdict(report), "files": files,
+            "source_counts": source_counts, "cleaning": asdict(report), "files": files,
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
         final = root / snapshot_id
@@ -404,7 +500,7 @@ def write_snapshot(splits: dict[str, pd.DataFrame], labels: list[str], report: C
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return Snapshot(snapshot_id, final, labels, counts, label_counts, report, cfg.source)
+    return Snapshot(snapshot_id, final, labels, counts, label_counts, report, cfg.source, source_counts)
 
 
 def _to_parquet(frame: pd.DataFrame, target: Path) -> None:
@@ -439,7 +535,7 @@ def load_snapshot(root: Path, snapshot_id: str | None = None) -> Snapshot:
                             "manifest.json (modified or damaged). Run `ftops data prepare` again.")
     return Snapshot(manifest["id"], path, manifest["labels"], manifest["counts"],
                     manifest["label_counts"], CleaningReport(**manifest["cleaning"]),
-                    manifest["source"])
+                    manifest["source"], manifest.get("source_counts", {}))
 
 
 def _sha256(path: Path) -> str:
@@ -457,9 +553,12 @@ def prepare(config: Config, frame: pd.DataFrame | None = None, origin: str | Non
     """Source -> validated, cleaned, split (and optionally augmented) snapshot.
 
     `frame` (columns text, label and any others) replaces the configured source, e.g. the
-    old training rows plus labelled traffic when retraining; `origin` names it in messages.
+    old training rows plus labelled traffic when retraining (`retraining_frame`); `origin`
+    names it in messages. Refuses, writing nothing, a set with no rows, one label, a label
+    under min_rows_per_class, or an empty split.
     """
     cfg = config.data
+    in_memory = frame is not None
     if frame is None:
         frame, source_sha = read_source(cfg)
         origin = cfg.source
@@ -472,28 +571,106 @@ def prepare(config: Config, frame: pd.DataFrame | None = None, origin: str | Non
         origin = origin or "in-memory rows"
         cfg = cfg.model_copy(update={"source": origin})
     report = CleaningReport(rows_in=len(frame))
+    offered = sender_counts(frame) if in_memory else {}
     frame = validate(frame, cfg, origin, report)
     frame = clean(frame, cfg, report)
-    check_class_counts(frame, cfg, origin)
+    if in_memory:
+        frame = limit_feedback(frame, config, offered, report)
+    check_rows(frame, cfg, origin, report)
     frame = subsample(frame, cfg, report)
     labels = label_map(frame, cfg)
-    splits = split(frame, cfg)
+    splits = split_or_refuse(frame, cfg, origin, report)
     splits["train"] = augment(splits["train"], cfg)
     report.rows_out = sum(len(p) for p in splits.values())
     return write_snapshot(splits, labels, report, cfg, source_sha, snapshot_root(config))
 
 
-def retraining_frame(old: Snapshot, feedback: pd.DataFrame) -> pd.DataFrame:
-    """The champion's labelled rows (each kept in its split) plus labelled traffic, each
-    tagged with its `source`, so the next test split holds both and the A/B gates on each."""
+def split_or_refuse(frame: pd.DataFrame, cfg: DataSection, origin: str,
+                    report: CleaningReport) -> dict[str, pd.DataFrame]:
+    """`split`, refusing (before anything is written) a split that fails or comes out empty."""
+    try:
+        splits = split(frame, cfg, report)
+    except ValueError as exc:  # sklearn: too few rows to stratify at these sizes
+        raise DataError(f"{origin}: cannot split {len(frame)} rows into train / validation / test "
+                        f"({exc}). Add rows, or raise data.min_rows_per_class.") from None
+    empty = [name for name, part in splits.items() if part.empty]
+    if empty:
+        sizes = ", ".join(f"{name} {len(part)}" for name, part in splits.items())
+        raise DataError(f"{origin}: the {' and '.join(empty)} split would be empty ({sizes} rows). "
+                        "Every split needs rows: add rows, or check the split hints of in-memory rows.")
+    return splits
+
+
+def retraining_frame(old: Snapshot, feedback: pd.DataFrame, config: Config) -> pd.DataFrame:
+    """The champion's labelled rows (each kept in its split and source) plus labelled
+    traffic (`predlog.labelled` columns), each tagged with its `source`. A feedback row's
+    split comes from a hash of its request id salted with the project name, so whoever
+    sends labels cannot choose the rows the A/B gate measures on."""
+    missing = [c for c in ("request_id", "text", "label", "sender") if c not in feedback]
+    if missing:
+        raise DataError(f"Labelled traffic lacks column(s) {', '.join(missing)}: pass "
+                        "predlog.labelled(...) rows (request_id, text, label, ts, sender).")
     parts = []
     for name in SPLITS:
         part = old.split(name)
         if "augmented" in part:
             part = part[~part["augmented"].astype(bool)]
-        parts.append(part[["text", "label"]].assign(source="original", split_hint=name))
-    new = feedback[["text", "label"]].assign(source="feedback", split_hint=None)
+        source = part["source"] if "source" in part else "original"
+        parts.append(part[["text", "label"]].assign(source=source, split_hint=name))
+    validation_share = config.data.validation_size / (1 - config.data.test_size)
+    hints = [feedback_split(str(r), config.project.name, config.feedback.holdout_share, validation_share)
+             for r in feedback["request_id"]]
+    ts = feedback["ts"] if "ts" in feedback else pd.NaT
+    new = feedback[["text", "label", "request_id", "sender"]].assign(
+        source=FEEDBACK, split_hint=hints, ts=ts, sender=feedback["sender"].fillna("anonymous"))
     return pd.concat([*parts, new], ignore_index=True)
+
+
+def limit_feedback(frame: pd.DataFrame, config: Config, offered: dict[str, int],
+                   report: CleaningReport) -> pd.DataFrame:
+    """Labelled traffic's limits: one sender's share capped, rare labels kept in train,
+    per sender offered / kept recorded; the lineage columns then leave the rows."""
+    frame = cap_senders(frame, config.feedback, report)
+    frame = rare_feedback_to_train(frame, config.data, report)
+    kept = sender_counts(frame)
+    report.senders = {s: {"offered": n, "kept": kept.get(s, 0)} for s, n in offered.items()}
+    return frame.drop(columns=[c for c in LINEAGE if c in frame])
+
+
+def cap_senders(frame: pd.DataFrame, feedback: FeedbackSection, report: CleaningReport) -> pd.DataFrame:
+    """Rows of one sender make up at most feedback.max_sender_share of the set that is
+    kept, so no single credential can outweigh the curated data; beyond it the sender's
+    newest rows are left out (counted in the report)."""
+    if "sender" not in frame:
+        return frame
+    sent = ~_curated(frame) & frame["sender"].notna()
+    offered = frame.loc[sent, "sender"].value_counts()
+    cap = sender_allowance(int((~sent).sum()), offered.tolist(), feedback.max_sender_share)
+    order = frame[sent].sort_values(["ts", "row"], kind="stable") if "ts" in frame else frame[sent]
+    rank = order.groupby("sender").cumcount().reindex(frame.index)
+    beyond = sent & (rank >= cap)
+    report.drop("feedback beyond one sender's share (feedback.max_sender_share)", frame.loc[beyond, "row"])
+    return frame[~beyond]
+
+
+def sender_allowance(others: int, offered: list[int], share: float) -> int:
+    """Largest per-sender row count c such that every sender keeps min(offered, c) rows
+    and none exceeds `share` of the rows kept in total (`others` + what senders keep).
+    The share is of the kept set, so flooding with more rows cannot raise one's own cap."""
+    total = others + sum(offered)
+    while True:
+        cap = math.floor(share * total + 1e-9)
+        kept = others + sum(min(n, cap) for n in offered)
+        if kept == total:
+            return cap
+        total = kept
+
+
+def sender_counts(frame: pd.DataFrame) -> dict[str, int]:
+    """Feedback rows per sender."""
+    if "sender" not in frame:
+        return {}
+    return {str(k): int(v) for k, v in frame.loc[~_curated(frame), "sender"].value_counts().items()}
 
 
 def drop_summary(report: CleaningReport) -> list[tuple[str, int]]:

@@ -17,6 +17,7 @@ from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
+from ftops import security
 from ftops.errors import FtopsError
 
 JOB_FILE = "ddp-job.json"
@@ -70,15 +71,16 @@ def launch(config, candidate, snapshot, out_dir: Path, retrain,
 
     nproc = nproc_limit(config.training.nproc)
     out_dir.mkdir(parents=True, exist_ok=True)
+    sealed, secrets = security.seal(config)  # the job file holds no password; the environment does
     job = {
-        "config": config.model_dump(mode="json"),
+        "config": json.loads(sealed),
         "candidate": candidate.model_dump(mode="json"),
         "snapshot_root": str(snapshot.path.parent), "snapshot": snapshot.id,
         "out_dir": str(out_dir),
         "teacher_dir": str(retrain.teacher_dir) if retrain and retrain.teacher_dir else None,
         "old_train": None,
         "mlflow_run_id": mlflow.active_run().info.run_id if mlflow.active_run() else None,
-        "tracking_uri": mlflow.get_tracking_uri(),
+        "tracking_uri": security.mask_url(mlflow.get_tracking_uri()),
     }
     if retrain is not None and retrain.old_train is not None:
         retrain.old_train.to_parquet(out_dir / OLD_TRAIN_FILE)
@@ -86,7 +88,8 @@ def launch(config, candidate, snapshot, out_dir: Path, retrain,
     (out_dir / JOB_FILE).write_text(json.dumps(job, indent=2))
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                f"--nproc-per-node={nproc}", "-m", "ftops.distributed", str(out_dir / JOB_FILE)]
-    env = {**os.environ, "FTOPS_DDP_BACKEND": backend(config.training.backend)}
+    env = {**os.environ, **secrets, "FTOPS_DDP_BACKEND": backend(config.training.backend),
+           "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri()}
     # torchrun would default every process to 1 thread; give each its share of the cores.
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     run(command, env, out_dir / "ddp.log", progress)
@@ -132,10 +135,10 @@ def main(job_file: str) -> None:
     import pandas as pd
 
     from ftops import data, train
-    from ftops.config import CandidateSection, Config
+    from ftops.config import CandidateSection
 
     job = json.loads(Path(job_file).read_text())
-    config = Config.model_validate(job["config"])
+    config = security.unseal(json.dumps(job["config"]))
     candidate = CandidateSection.model_validate(job["candidate"])
     snapshot = data.load_snapshot(Path(job["snapshot_root"]), job["snapshot"])
     retrain = train.RetrainSources(
@@ -143,7 +146,7 @@ def main(job_file: str) -> None:
         old_train=pd.read_parquet(job["old_train"]) if job["old_train"] else None)
     tracked = contextlib.nullcontext()
     if rank() == 0 and job["mlflow_run_id"]:
-        mlflow.set_tracking_uri(job["tracking_uri"])
+        mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI") or job["tracking_uri"])
         tracked = mlflow.start_run(run_id=job["mlflow_run_id"])
     with tracked:
         train.train_candidate(config, candidate, snapshot, Path(job["out_dir"]), retrain,

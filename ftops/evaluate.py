@@ -338,7 +338,16 @@ def compare(challenger: Predictions, champion: Predictions | None, gates: GatesS
     outcome = "promote" if all(r.passed for r in rules) else "reject"
     mode = "no-champion-yet" if champion is None else "champion"
     summary = _summary(outcome, rules, f1, boot, mc, gates.alpha, reference)
-    return Decision(outcome, mode, summary, rules, scores, deltas, reference, boot, mc)
+    context = {"test_rows_by_source": rows_by_source(challenger.frame)}
+    return Decision(outcome, mode, summary, rules, scores, deltas, reference, boot, mc, context=context)
+
+
+def rows_by_source(frame: pd.DataFrame) -> dict[str, int]:
+    """Evaluation rows per `source` (original / feedback), so the record shows what the gate
+    measured on; rows without a source column count as original."""
+    if "source" not in frame:
+        return {"original": int(len(frame))}
+    return {str(k): int(v) for k, v in frame["source"].fillna("original").value_counts().items()}
 
 
 def check_same_rows(challenger: Predictions, other: Predictions, name: str) -> None:

@@ -698,6 +698,24 @@ def add_snapshots(config: Config, snapshots: list, labels: list[str]) -> str | N
     return ids[0] if ids else None
 
 
+def prune_workspace(config: Config) -> int:
+    """Delete this project's oldest workspace snapshots beyond retention.evidently_snapshots
+    (a check adds one or two every few minutes, and the UI reads them all); how many.
+    Evidently's snapshot ids are uuid7, so their order is the order they were added."""
+    import uuid
+
+    if not Path(config.resolved().uris.evidently_workspace).is_dir():
+        return 0
+    ws = workspace(config)
+    removed = 0
+    for project in (p for p in ws.list_projects() if p.name == config.project.name):
+        runs = sorted(ws.list_runs(project.id), key=lambda sid: uuid.UUID(str(sid)).int)
+        for snapshot_id in runs[:max(0, len(runs) - config.retention.evidently_snapshots)]:
+            ws.delete_run(project.id, snapshot_id)
+            removed += 1
+    return removed
+
+
 def prefect_reachable(api_url: str, timeout: float = 3.0) -> bool:
     try:
         with urllib.request.urlopen(f"{api_url.rstrip('/')}/health", timeout=timeout) as resp:
@@ -727,11 +745,17 @@ def emit_drift_event(config: Config, result: CheckResult, timeout: float = 10.0)
         return False
     from prefect.events import emit_event
     from prefect.events.worker import EventsWorker
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
+
+    from ftops import security
 
     name = config.project.name
+    settings = {PREFECT_API_URL: api_url}
+    auth = security.prefect_auth(config)
+    if auth:
+        settings[PREFECT_API_AUTH_STRING] = auth
     try:
-        with temporary_settings(updates={PREFECT_API_URL: api_url}):
+        with temporary_settings(updates=settings):
             event = emit_event(EVENT, resource={"prefect.resource.id": f"ftops.model.{name}",
                                                 "prefect.resource.name": name},
                                payload=event_payload(result))

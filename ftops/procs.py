@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -17,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ftops.config import RetentionSection
 from ftops.errors import FtopsError
 
 
@@ -33,6 +35,7 @@ class Service:
     env: dict[str, str] = field(default_factory=dict)
     ready_timeout_s: float = 60.0
     marker: str = ""               # a string of the command line that identifies our process
+    headers: dict[str, str] = field(default_factory=dict, repr=False)  # e.g. auth for the health probe
 
 
 @dataclass
@@ -68,23 +71,25 @@ def status(folder: Path, name: str) -> Running | None:
     return running
 
 
-def healthy(url: str | None, timeout: float = 2.0) -> bool:
+def healthy(url: str | None, timeout: float = 2.0, headers: dict[str, str] | None = None) -> bool:
     if url is None:
         return True
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=timeout) as response:
             return response.status == 200
     except OSError:
         return False
 
 
-def start(folder: Path, service: Service) -> Running:
-    """Start a service unless it already runs (a second `up` makes no duplicate)."""
+def start(folder: Path, service: Service, retention: RetentionSection | None = None) -> Running:
+    """Start a service unless it already runs (a second `up` makes no duplicate); its log
+    is rotated first when it outgrew retention.log_max_mb."""
     folder.mkdir(parents=True, exist_ok=True)
     existing = status(folder, service.name)
     if existing is not None:
         return existing
     log = folder / f"{service.name}.log"
+    rotate_log(log, retention or RetentionSection())
     env = {**os.environ, **service.env}
     with open(log, "ab") as handle:
         proc = subprocess.Popen(service.command, stdout=handle, stderr=subprocess.STDOUT, env=env,
@@ -98,7 +103,7 @@ def start(folder: Path, service: Service) -> Running:
             _state(folder, service.name).unlink(missing_ok=True)
             raise ServiceError(f"{service.name} exited with code {proc.returncode} at start. "
                                f"Last log lines ({log}):\n{tail(log)}")
-        if healthy(service.health_url):
+        if healthy(service.health_url, headers=service.headers):
             return running
         time.sleep(0.3)
     stop(folder, service.name)
@@ -166,6 +171,38 @@ def _reap(pid: int) -> None:
         os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:
         pass
+
+
+def rotate_log(log: Path, retention: RetentionSection) -> bool:
+    """Rotate a log above retention.log_max_mb: log -> log.1 -> ... -> log.<log_keep>."""
+    return rotate(log, int(retention.log_max_mb * 1024 * 1024), retention.log_keep)
+
+
+def rotate(log: Path, max_bytes: int, keep: int) -> bool:
+    """Size-based rotation keeping `keep` old files (log.1 the newest); True if it rotated.
+
+    Not logging.handlers.RotatingFileHandler: the writer is a service's stdout, a file
+    descriptor the child opened in append mode, not a handler in this process. A rename
+    would leave the child writing on into log.1; so the content is copied to log.1 and the
+    file truncated in place (copytruncate), and the child's next write lands at the start
+    of the same, now empty, file. A line written between the copy and the truncate is lost.
+    """
+    try:
+        if log.stat().st_size <= max_bytes:
+            return False
+    except FileNotFoundError:
+        return False
+    for extra in log.parent.glob(f"{log.name}.*"):
+        suffix = extra.name[len(log.name) + 1:]
+        if suffix.isdigit() and int(suffix) >= keep:
+            extra.unlink(missing_ok=True)  # the oldest, and any left by a larger log_keep
+    for n in range(keep - 1, 0, -1):
+        older = log.with_name(f"{log.name}.{n}")
+        if older.exists():
+            os.replace(older, log.with_name(f"{log.name}.{n + 1}"))
+    shutil.copyfile(log, log.with_name(f"{log.name}.1"))
+    os.truncate(log, 0)
+    return True
 
 
 def tail(path: Path | str, lines: int = 20) -> str:

@@ -4,11 +4,20 @@ rollback as one call.
 One registered model per project. A version's source is the candidate's `model/` artifact
 folder (full weights, or the adapter + base model name); lineage tags are copied from its
 training run, and the decision that judged it is attached as tags + artifact.
+
+Downloads go to `<project dir>/downloads/v<N>/model` (where retention finds them): into a
+temp folder beside it first, renamed into place only once complete, with the sha256 of
+every file recorded beside it; an existing folder is reused only if it still matches.
 """
 
 from __future__ import annotations
 
+import fcntl
+import json
+import os
+import shutil
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +30,8 @@ ALIASES = (CHAMPION, CHALLENGER, PREVIOUS)
 TAG_DECISION = "ftops.decision"
 TAG_DECISION_SUMMARY = "ftops.decision_summary"
 TAG_ROLLED_BACK = "ftops.rolled_back"
+DOWNLOADED = "model.sha256.json"  # beside a complete download: its version and file hashes
+PARTIAL = ".model.partial-"       # a download under way (or one that died)
 
 
 class RegistryError(FtopsError):
@@ -151,15 +162,88 @@ def tag_decision(config: Config, version: str, outcome: str, summary: str) -> No
     mlflow_client.set_model_version_tag(model_name(config), version, TAG_DECISION_SUMMARY, summary[:5000])
 
 
+def downloads_dir(config: Config) -> Path:
+    return config.resolved().project.dir / "downloads"
+
+
 def download(config: Config, ref: str, dest: Path | None = None) -> Path:
     """A local candidate folder (`<dest>/model/...`) for a version, loadable by
-    ftops.train.load_trained."""
+    ftops.train.load_trained; default dest: <project dir>/downloads/v<N>."""
+    version = get(config, ref)
+    dest = Path(dest or downloads_dir(config) / f"v{version.version}")
+    dest.mkdir(parents=True, exist_ok=True)
+    with _locked(dest):
+        if not complete(dest, version.version):
+            _fetch(config, version, dest)
+    os.utime(dest)  # last used: retention keeps the most recently used downloads
+    return dest
+
+
+@contextmanager
+def _locked(dest: Path):
+    """One download per folder at a time (two flows may want the same version at once)."""
+    with open(dest / ".lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def complete(dest: Path, version: str) -> bool:
+    """`dest/model` holds exactly the files recorded when this version's download completed."""
+    from ftops.export import file_hashes
+
+    record = dest / DOWNLOADED
+    if not record.is_file() or not (dest / "model").is_dir():
+        return False
+    saved = json.loads(record.read_text())
+    return saved.get("version") == version and saved.get("files") == file_hashes(dest / "model")
+
+
+def _fetch(config: Config, version: Version, dest: Path) -> None:
+    """Download into a temp folder beside `dest/model`, check every listed file arrived at
+    its listed size, then record the hashes and rename it into place."""
     import mlflow
 
-    version = get(config, ref)
-    dest = Path(dest or tempfile.mkdtemp(prefix=f"ftops-v{version.version}-"))
-    target = dest / "model"
-    if not (target / "ftops.json").is_file():
-        tracking.use_project(config)
-        mlflow.artifacts.download_artifacts(artifact_uri=version.ref, dst_path=str(target))
-    return dest
+    from ftops.export import file_hashes
+
+    tracking.use_project(config)
+    partial = Path(tempfile.mkdtemp(prefix=PARTIAL, dir=dest))
+    try:
+        mlflow.artifacts.download_artifacts(artifact_uri=version.ref, dst_path=str(partial))
+        _check_sizes(partial, _listing(version.ref), version)
+        (dest / DOWNLOADED).unlink(missing_ok=True)
+        shutil.rmtree(dest / "model", ignore_errors=True)  # an incomplete or damaged earlier one
+        os.rename(partial, dest / "model")
+        tmp = dest / f"{DOWNLOADED}.tmp"
+        tmp.write_text(json.dumps({"version": version.version, "source": version.source,
+                                   "files": file_hashes(dest / "model")}, indent=2))
+        os.replace(tmp, dest / DOWNLOADED)  # written last: its presence means complete
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+
+
+def _listing(uri: str, path: str | None = None) -> dict[str, int | None]:
+    """Every file under an artifact URI with the size the store reports."""
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    repo = get_artifact_repository(uri)
+    out: dict[str, int | None] = {}
+    pending = [path]
+    while pending:
+        for info in repo.list_artifacts(pending.pop()):
+            if info.is_dir:
+                pending.append(info.path)
+            else:
+                out[info.path] = info.file_size
+    return out
+
+
+def _check_sizes(folder: Path, listed: dict[str, int | None], version: Version) -> None:
+    if not listed:
+        raise RegistryError(f"Version {version.version} of '{version.name}' lists no artifacts at {version.source}; "
+                            "register it again from a finished candidate run.")
+    wrong = [name for name, size in listed.items()
+             if not (folder / name).is_file() or (size is not None and (folder / name).stat().st_size != size)]
+    if wrong:
+        raise RegistryError(f"The download of version {version.version} is incomplete ({', '.join(sorted(wrong)[:5])} "
+                            "missing or truncated); nothing was kept. Try again; if it repeats, check the "
+                            f"artifact store behind {version.source}.")

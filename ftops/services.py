@@ -8,13 +8,14 @@ project dir and config, passed down as FTOPS_PROJECT__DIR / FTOPS_CONFIG.
 
 from __future__ import annotations
 
+import base64
 import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from ftops import procs
+from ftops import procs, security
 from ftops.config import Config
 
 ORDER = ("prefect", "mlflow", "triton", "gateway", "evidently", "deployments")
@@ -49,12 +50,27 @@ def environment(config: Config, config_path: str | None) -> dict[str, str]:
     }
     if config_path:
         env["FTOPS_CONFIG"] = str(Path(config_path).resolve())
+    auth = security.prefect_auth(cfg)
+    if auth:  # every Prefect client ftops starts (flows, the drift event) sends it
+        env["PREFECT_API_AUTH_STRING"] = auth
     return env
+
+
+def _prefect_headers(env: dict[str, str]) -> dict[str, str]:
+    auth = env.get("PREFECT_API_AUTH_STRING")
+    return {"Authorization": "Basic " + base64.b64encode(auth.encode()).decode()} if auth else {}
 
 
 def prefect_service(config: Config, env: dict[str, str]) -> procs.Service:
     api = urlparse(config.uris.prefect_api)
     (config.resolved().project.dir / "prefect").mkdir(parents=True, exist_ok=True)
+    if env.get("PREFECT_API_AUTH_STRING"):  # the server then refuses every API call without it
+        env = {**env, "PREFECT_SERVER_API_AUTH_STRING": env["PREFECT_API_AUTH_STRING"]}
+    elif not security.is_loopback(api.hostname or "127.0.0.1"):
+        raise procs.ServiceError(
+            f"Refusing to start the Prefect server on {api.hostname} without an auth string: anyone who reaches "
+            f"it could start a retraining. Set ${security.ENV_PREFECT_AUTH} (user:password) or "
+            "security.prefect_auth_file, or bind it to 127.0.0.1 (uris.prefect_api).")
     return procs.Service(
         name="prefect", url=f"{api.scheme}://{api.netloc}",
         command=[str(Path(sys.executable).parent / "prefect"), "server", "start",
@@ -84,7 +100,8 @@ def deployments_service(config: Config, env: dict[str, str], config_path: str | 
     # Healthy once the deployments exist on the server (registering them takes a few seconds).
     return procs.Service(name="deployments", url=f"{api.removesuffix('/api')}/deployments",
                          command=command, health_url=f"{api}/deployments/name/lifecycle/lifecycle",
-                         env=env, ready_timeout_s=90, marker="flows.deployments")
+                         env=env, ready_timeout_s=90, marker="flows.deployments",
+                         headers=_prefect_headers(env))
 
 
 def up(config: Config, config_path: str | None = None, only: tuple[str, ...] = ORDER) -> list[Row]:
@@ -169,3 +186,17 @@ def _row(name: str, running) -> Row:
     if running is None:
         return Row(name, "down", "", None, None)
     return Row(name, "up", getattr(running, "url", ""), getattr(running, "pid", None), getattr(running, "log", None))
+
+
+def protection(config: Config) -> list[tuple[str, str]]:
+    """What guards the writes that steer the loop, as (what, state) lines for `ftops status`."""
+    cfg = config.resolved()
+    tokens = security.gateway_tokens(cfg)
+    host = cfg.serving.host
+    gateway_writes = (f"token required ({len(tokens)} sender{'s' if len(tokens) != 1 else ''})" if tokens else
+                      f"OPEN: no token, anyone who reaches {host} may send labels"
+                      + (" (loopback only)" if security.is_loopback(host) else ""))
+    prefect = ("auth string required" if security.prefect_auth(cfg) else
+               "OPEN: anyone who reaches the Prefect API may start a retraining")
+    return [("gateway /feedback", gateway_writes), ("Prefect API", prefect)]
+

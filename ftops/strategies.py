@@ -150,7 +150,7 @@ class LoraParams(Params):
     alpha: float = Field(16, gt=0)
     dropout: float = Field(0.1, ge=0, lt=1)
     # All linear layers of the encoder by default: "query, value" only was measured worse
-    # than a TF-IDF baseline on this model (RECIPES.md section 2).
+    # than a TF-IDF baseline on this model (bench/train.py).
     target_modules: list[str] | Literal["all-linear"] = "all-linear"
 
 

@@ -60,3 +60,27 @@ def test_dedup_none_keeps_duplicates():
     report = data.CleaningReport()
     out = data.clean(frame(["same", "same"]), DataSection(dedup="none"), report)
     assert len(out) == 2 and report.dropped == {}
+
+
+def sourced(texts, labels, sources):
+    return frame(texts, labels).assign(source=sources)
+
+
+def test_feedback_contradicting_a_curated_row_loses_and_is_counted():
+    report = data.CleaningReport()
+    rows = sourced(["Great flight!", "great flight", "GREAT flight", "bad seat"],
+                   ["pos", "neg", "neg", "neg"], ["feedback", "original", "feedback", "original"])
+    out = data.clean(rows, DataSection(dedup="normalized"), report)
+    # the curated row (2) is kept although it comes after the feedback rows; the contradicting
+    # feedback row (1) is dropped and counted; the agreeing one (3) is an ordinary duplicate
+    assert list(out["row"]) == [2, 4]
+    assert report.dropped == {"feedback contradicting a curated row": 1, "duplicate (normalized)": 1}
+
+
+def test_conflicts_among_feedback_alone_drop_those_copies():
+    report = data.CleaningReport()
+    rows = sourced(["ok then", "OK then", "fine", "fine!"], ["pos", "neg", "pos", "pos"],
+                   ["feedback", "feedback", "original", "feedback"])
+    out = data.clean(rows, DataSection(dedup="normalized"), report)
+    assert list(out["row"]) == [3]
+    assert report.dropped == {"duplicate text with conflicting labels": 2, "duplicate (normalized)": 1}

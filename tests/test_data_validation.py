@@ -138,3 +138,82 @@ def test_cli_help_documents_every_option():
                    "--on-invalid", "--max-rows", "--validation-size", "--test-size", "--seed",
                    "--augment", "--project-dir", "--config"]:
         assert option in done.stdout, option
+
+
+# ---------------------------------------------------------------- refused before anything is written
+
+
+def test_header_only_file_is_refused(tmp_path, project):
+    path = write_csv(tmp_path / "d.csv", [])
+    cfg = project(source=str(path))
+    with pytest.raises(DataError, match=rf"{path}: no rows left after cleaning \(0 read"):
+        data.prepare(cfg)
+    assert nothing_written(cfg)
+
+
+def test_rows_that_all_clean_away_are_refused_with_the_reasons(tmp_path, project):
+    path = write_csv(tmp_path / "d.csv", [("", "neg"), ("x", "pos")])
+    cfg = project(source=str(path), on_invalid="drop", min_chars=3)
+    with pytest.raises(DataError, match=r"no rows left after cleaning \(2 read; text is empty: 1; shorter than 3"):
+        data.prepare(cfg)
+    assert nothing_written(cfg)
+
+
+def test_a_single_label_is_refused(tmp_path, project):
+    path = write_csv(tmp_path / "d.csv", sentiment_rows(30, labels=("neg",)))
+    cfg = project(source=str(path))
+    with pytest.raises(DataError, match=rf"{path}: only one label occurs \('neg', 30 rows\).*at least two"):
+        data.prepare(cfg)
+    assert nothing_written(cfg)
+
+
+def test_a_single_label_names_the_absent_configured_ones(tmp_path, project):
+    path = write_csv(tmp_path / "d.csv", sentiment_rows(30, labels=("neg",)))
+    cfg = project(source=str(path), labels=["neg", "neu", "pos"])
+    with pytest.raises(DataError, match=r"only one label occurs \('neg', 30 rows; absent: neu, pos\)"):
+        data.prepare(cfg)
+    assert nothing_written(cfg)
+
+
+def test_an_absent_configured_label_counts_as_zero(tmp_path, project):
+    path = write_csv(tmp_path / "d.csv", sentiment_rows(20))
+    cfg = project(source=str(path), labels=["neg", "neu", "pos"])
+    with pytest.raises(DataError, match=rf"{path}: too few rows per class.*'neu' has 0.*data.absent_labels: allow"):
+        data.prepare(cfg)
+    assert nothing_written(cfg)
+    snapshot = data.prepare(project(source=str(path), labels=["neg", "neu", "pos"], absent_labels="allow"))
+    assert snapshot.labels == ["neg", "neu", "pos"] and "neu" not in snapshot.label_counts["train"]
+
+
+def test_a_configured_label_under_the_minimum_is_refused(tmp_path, project):
+    path = write_csv(tmp_path / "d.csv", sentiment_rows(20) + [(f"neutral words {i}", "neu") for i in range(4)])
+    cfg = project(source=str(path), labels=["neg", "neu", "pos"], absent_labels="allow")
+    with pytest.raises(DataError, match=r"too few rows per class after cleaning \('neu' has 4\)"):
+        data.prepare(cfg)
+    assert nothing_written(cfg)
+
+
+def test_an_empty_split_is_refused(project):
+    rows = pd.DataFrame({"text": [t for t, _ in sentiment_rows()], "label": [l for _, l in sentiment_rows()],
+                         "split_hint": "train"})
+    cfg = project(labels=None)
+    with pytest.raises(DataError, match=r"hinted rows: the validation and test split would be empty \(train 40"):
+        data.prepare(cfg, rows, origin="hinted rows")
+    assert nothing_written(cfg)
+
+
+def test_a_split_too_small_to_stratify_is_refused(project):
+    rows = pd.DataFrame({"text": [f"text {i}" for i in range(6)], "label": ["a", "b"] * 3})
+    cfg = project(labels=None, min_rows_per_class=1)
+    with pytest.raises(DataError, match=r"tiny: cannot split 6 rows into train / validation / test"):
+        data.prepare(cfg, rows, origin="tiny")
+    assert nothing_written(cfg)
+
+
+def test_cli_refuses_a_header_only_file(tmp_path):
+    path = write_csv(tmp_path / "d.csv", [])
+    done = subprocess.run([sys.executable, "-m", "ftops", "data", "prepare", "--data", str(path),
+                           "--project-dir", str(tmp_path / "p")], capture_output=True, text=True)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "no rows left after cleaning" in done.stderr
+    assert not (tmp_path / "p" / "data").exists()

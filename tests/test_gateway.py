@@ -149,7 +149,9 @@ def test_predictions_are_logged_with_model_version_route_and_shadow_copies(shado
     cfg, info = shadow_gw
     routes = deploy.routing(cfg)
     with httpx.Client(base_url=info.url, timeout=30) as client:
-        assert client.get("/health").json()["challenger"]["ensemble"] == routes["challenger"].ensemble
+        health = client.get("/health").json()
+        assert health["challenger"]["ensemble"] == routes["challenger"].ensemble
+        assert health["writes"] == "open" and "last_error" not in health["log"]  # no token: open, on loopback
         one = client.post("/predict", json={"text": "my bag is lost AGAIN", "user": "u1"}).json()
         batch = client.post("/predict", json={"texts": ["great crew", "delayed 3 hours"]}).json()
     assert one["route"] == "champion" and one["model"] == routes["champion"].ensemble
@@ -195,6 +197,7 @@ def test_feedback_joins_its_request_and_unknown_ids_are_404(shadow_gw):
         rows_for(cfg, {rid}, expected=2)
         answer = client.post("/feedback", json={"request_id": rid, "label": "positive"})
         assert answer.status_code == 200 and answer.json()["rows"] == 2  # served and shadow rows
+        assert answer.json()["sender"] == "anonymous"
         unknown = client.post("/feedback", json={"request_id": "no-such-id", "label": "positive"})
         assert unknown.status_code == 404 and "no-such-id" in unknown.json()["error"]
         bad_label = client.post("/feedback", json={"request_id": rid, "label": "ecstatic"})
@@ -208,7 +211,8 @@ def test_bad_requests_get_clear_4xx_and_the_gateway_keeps_serving(shadow_gw):
     cases = [({"text": ""}, 422, "empty"), ({"text": "y" * 2001}, 413, "serving.max_text_bytes"),
              ({"texts": ["a"] * 9}, 413, "serving.max_texts_per_request"), ({"text": 5}, 422, "valid string"),
              ({"texts": "abc"}, 422, "valid list"), ({"words": "hi"}, 422, "not permitted"),
-             ({}, 422, "exactly one of"), (b"{not json", 400, "not valid JSON")]
+             ({}, 422, "exactly one of"), (b"{not json", 400, "not valid JSON"),
+             ({"texts": ["ok", "a\x00b"]}, 422, "text 1 contains a NUL")]
     with httpx.Client(base_url=info.url, timeout=30) as client:
         for body, status, message in cases:
             resp = client.post("/predict", **({"content": body, "headers": {"content-type": "application/json"}}
@@ -221,6 +225,7 @@ def test_bad_requests_get_clear_4xx_and_the_gateway_keeps_serving(shadow_gw):
         schema = client.get("/openapi.json").json()
     assert 'ftops_gateway_errors_total{route="-",status="413",version="-"}' in metrics
     assert "ftops_gateway_latency_seconds_bucket" in metrics and "ftops_gateway_log_dropped_rows_total 0.0" in metrics
+    assert "ftops_gateway_log_dead_letter_rows_total 0.0" in metrics
     assert {"PredictRequest", "PredictResponse", "FeedbackRequest", "ErrorResponse"} <= set(schema["components"]["schemas"])
 
 

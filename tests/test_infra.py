@@ -34,7 +34,7 @@ WORK_POOL = K8S / "work-pool-gpu.json"
 # by kubernetes-validate.
 K8S_VERSIONS = ("1.31.0", "1.37.0")
 
-# What the code and DESIGN.md section 3 expect of the team column, by service name.
+# What the code and infra/README.md expect of the team column, by service name.
 EXPECTED_SERVICES = {
     "postgres": "Prefect, MLflow and prediction-log database",
     "minio": "S3-compatible object store for MLflow artifacts",

@@ -1,4 +1,4 @@
-"""The three silent breakages of RECIPES.md section 1 must not come back."""
+"""The three silent breakages of the pinned set (pandas 3, fastapi > 0.150, SQLAlchemy 2.1) must not come back."""
 
 import tomllib
 from importlib.metadata import version

@@ -23,10 +23,11 @@ TEXTS = ["@united thanks for the lovely crew", "my bag is lost AGAIN", "Flight d
 
 def make_export(folder: Path, seed: int) -> Path:
     """A tiny random BERT exported to ONNX with the real MiniLM tokenizer: a real export
-    folder layout in a second."""
+    folder layout (manifest with every file's sha256) in a second."""
     import torch
     from transformers import BertConfig, BertForSequenceClassification
 
+    from ftops.export import file_hashes
     from ftops.models import resolve_model
 
     torch.manual_seed(seed)
@@ -43,7 +44,8 @@ def make_export(folder: Path, seed: int) -> Path:
     (folder / "labels.json").write_text(json.dumps(["negative", "neutral", "positive"]))
     (folder / "export.json").write_text(json.dumps({
         "selected": "fp32", "max_length": 96,
-        "variants": {"fp32": {"status": "pass", "file": "fp32/model.onnx", "batch_invariant": True}}}))
+        "variants": {"fp32": {"status": "pass", "file": "fp32/model.onnx", "batch_invariant": True}},
+        "files": file_hashes(folder)}))
     return folder
 
 
@@ -208,7 +210,9 @@ def test_hot_swap_under_load_loses_no_request(project, exports):
     assert routes["champion"].export == str(exports[2]) and routes["previous"].export == str(exports[1])
     with TritonClient(info.grpc_url) as client:
         first = repository.ModelNames.for_tag("svc", deploy.tag_for(Deployable.from_export(exports[0]), None))
-        assert not client.ready(first.ensemble)  # older than previous: unloaded
+        assert not client.ready(first.ensemble)  # older than previous: unloaded ...
+    assert not any((Path(info.repository) / name).exists() for name in first.all())  # ... and removed
+    assert set(repository.versions(Path(info.repository), "svc")) == {r.tag for r in routes.values()}
 
 
 def test_a_candidate_missing_the_p99_slo_is_not_promoted(project, exports):
@@ -257,17 +261,20 @@ def test_an_external_triton_is_used_through_its_uri_and_never_stopped(project, e
         "serving": cfg.serving.model_copy(update={"grpc_port": info.grpc_port, "metrics_port": info.metrics_port}),
     })
 
-    def tritons() -> int:  # server processes (python backend stubs come and go with models)
-        def argv0(path: Path) -> bytes:
+    def tritons() -> int:  # servers on this repository (stubs come and go with models; other
+        # people's tests may start their own servers meanwhile)
+        def argv(path: Path) -> list[bytes]:
             try:
-                return path.read_bytes().split(b"\0")[0]
+                return path.read_bytes().split(b"\0")
             except OSError:
-                return b""
-        return sum(argv0(p).endswith(b"bin/tritonserver") for p in Path("/proc").glob("[0-9]*/cmdline"))
+                return [b""]
+        wanted = f"--model-repository={server.repository_dir(cfg)}".encode()
+        found = map(argv, Path("/proc").glob("[0-9]*/cmdline"))
+        return sum(a[0].endswith(b"bin/tritonserver") and wanted in a for a in found)
 
     before = tritons()
     found = server.start(team)
-    assert found.external and found.grpc_url == info.grpc_url and tritons() == before
+    assert found.external and found.grpc_url == info.grpc_url and tritons() == before == 1
     result = deploy.deploy(team, exports[3], TEXTS[:16])
     assert result.outcome == "promoted", result.reason
     assert (server.repository_dir(cfg) / deploy.champion_model(team)).is_dir()  # the shared repository

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from ftops import data
-from ftops.config import DataSection
+from ftops.config import DataSection, FeedbackSection
 from ftops.errors import DataError
 
 from conftest import write_csv
@@ -114,18 +114,37 @@ def test_prepare_accepts_rows_in_memory(project):
     assert set(snap.split("test")["source"]) == {"original", "feedback"}
 
 
+def feedback(texts, labels, sender="anonymous"):
+    """Rows as predlog.labelled returns them."""
+    n = len(texts)
+    return pd.DataFrame({"request_id": [f"req-{t}" for t in texts], "text": texts, "label": labels,
+                         "ts": pd.date_range("2025-01-01", periods=n, freq="min", tz="UTC"),
+                         "sender": [sender] * n})
+
+
 def test_retraining_frame_keeps_originals_and_tags_sources(tmp_path, project):
     rows = [(f"row {i} negative words", "neg") for i in range(40)] + [(f"row {i} positive words", "pos") for i in range(40)]
-    snap = data.prepare(project(source=str(write_csv(tmp_path / "d.csv", rows)), augment={"enabled": True}))
-    feedback = pd.DataFrame({"text": ["new domain text"], "label": ["pos"]})
-    frame = data.retraining_frame(snap, feedback)
+    cfg = project(source=str(write_csv(tmp_path / "d.csv", rows)), augment={"enabled": True})
+    snap = data.prepare(cfg)
+    frame = data.retraining_frame(snap, feedback(["new domain text"], ["pos"]), cfg)
     assert (frame["source"] == "original").sum() == 80  # augmented copies are not training data of record
     assert frame[frame["source"] == "feedback"]["text"].tolist() == ["new domain text"]
-    feedback = pd.DataFrame({"text": [f"new domain text {i}" for i in range(60)], "label": ["pos", "neg"] * 30})
-    again = data.prepare(project(labels=None), data.retraining_frame(snap, feedback), origin="retrain")
+    texts = [f"new domain text {i}" for i in range(60)]
+    retrain = project(labels=None).model_copy(update={"feedback": FeedbackSection(max_sender_share=0.5)})
+    again = data.prepare(retrain, data.retraining_frame(snap, feedback(texts, ["pos", "neg"] * 30), retrain),
+                         origin="retrain")
     for name in data.SPLITS:  # the champion's rows stay where they were: no train row is tested on
         old = snap.split(name)
         old_texts = set(old[~old["augmented"].astype(bool)]["text"] if "augmented" in old else old["text"])
         new_part = again.split(name)
         assert old_texts == set(new_part[new_part["source"] == "original"]["text"])
     assert set(again.split("test")["source"]) == {"original", "feedback"}
+    assert again.source_counts["test"]["original"] == snap.counts["test"]
+
+
+def test_retraining_frame_needs_the_labelled_columns(tmp_path, project):
+    rows = [(f"row {i} negative words", "neg") for i in range(40)] + [(f"row {i} positive words", "pos") for i in range(40)]
+    cfg = project(source=str(write_csv(tmp_path / "d.csv", rows)))
+    snap = data.prepare(cfg)
+    with pytest.raises(DataError, match=r"lacks column\(s\) request_id, sender"):
+        data.retraining_frame(snap, pd.DataFrame({"text": ["x"], "label": ["pos"]}), cfg)

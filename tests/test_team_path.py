@@ -1,4 +1,4 @@
-"""The team set-up is the embedded default's code path with other URIs (DESIGN.md section 3).
+"""The team set-up is the embedded default's code path with other URIs (infra/README.md).
 
 infra/compose/ftops.team.yaml is loaded as shipped, with only its addresses pointed at
 services on this machine (hostnames -> 127.0.0.1, throw-away databases): a real MLflow

@@ -4,13 +4,20 @@ registry alias; on any failure unload it and leave the champion serving.
 
 Routing lives in `<project>/triton/routing.json`: which ensemble is `champion` and which
 is `previous`; the gateway and `ftops predict` read it.
+
+Nothing is loaded unverified: the export's files are held to its manifest's sha256, the
+repository copy to the record written beside it (ftops.serve.repository), and the smoke
+test's reference runs on the verified bytes. The repository keeps the routed versions
+(champion, previous, challenger); every other version of the project is unloaded and
+removed after each promotion and by `ftops prune`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
+import logging
 import os
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,9 +26,12 @@ import numpy as np
 
 from ftops import registry
 from ftops.config import Config
-from ftops.serve import loadtest, server
+from ftops.serve import loadtest, repository, server
 from ftops.serve.client import TritonClient
-from ftops.serve.repository import Deployable, ModelNames, ServingError, remove_version, write_version
+from ftops.serve.repository import (Deployable, ModelNames, ServingError, remove_version, verified_bytes,
+                                    write_version)
+
+log = logging.getLogger(__name__)
 
 SMOKE_TEXTS = 64
 PROB_ATOL = 1e-5
@@ -79,14 +89,16 @@ def champion_model(config: Config) -> str:
 
 
 def reference_probs(model: Deployable, texts: list[str]) -> np.ndarray:
-    """The exported ONNX in-process (same tokenizer file, same max length), one text at a time."""
+    """The exported ONNX in-process (same tokenizer file, same max length), one text at a time.
+    Both files are read once and held to the manifest's sha256, so the reference is the
+    export as it was gated, not whatever the files hold now."""
     import onnxruntime as ort
     from tokenizers import Tokenizer
 
-    tokenizer = Tokenizer.from_file(str(model.tokenizer_json))
+    tokenizer = Tokenizer.from_str(verified_bytes(model.tokenizer_json, model.tokenizer_sha256).decode("utf-8"))
     tokenizer.enable_truncation(model.max_length)
     tokenizer.no_padding()
-    session = ort.InferenceSession(str(model.onnx), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(verified_bytes(model.onnx, model.onnx_sha256), providers=["CPUExecutionProvider"])
     wanted = {i.name for i in session.get_inputs()}
     out = []
     for text in texts:
@@ -124,21 +136,39 @@ def smoke(client: TritonClient, model_name: str, model: Deployable, texts: list[
 def tag_for(model: Deployable, version: str | None) -> str:
     if version is not None:
         return f"v{version}"
-    digest = hashlib.sha256(model.onnx.read_bytes()).hexdigest()[:8]
-    return f"x{digest}"
+    return f"x{model.onnx_sha256[:8]}"
+
+
+@contextmanager
+def _pending(repo: Path, names: ModelNames):
+    """Mark a version as being deployed, so a prune running meanwhile leaves it alone."""
+    repository.mark_pending(repo, names)
+    try:
+        yield
+    finally:
+        repository.clear_pending(repo, names)
 
 
 def deploy(config: Config, export_dir: Path, texts: list[str], version: str | None = None,
            variant: str | None = None, run_id: str | None = None) -> DeployResult:
-    """Load beside the champion, gate (smoke parity, P99 under load), then promote or unload."""
+    """Load beside the champion, gate (smoke parity, P99 under load), then promote or unload.
+    An export or repository file that fails its sha256 check raises before anything loads."""
     info = server.status(config)
     if info is None:
         raise ServingError("Triton is not running for this project. Start it with `ftops serve up`.")
     model = Deployable.from_export(export_dir, variant)
     tag = tag_for(model, version)
     repo = Path(info.repository)
-    names = write_version(repo, config.project.name, tag, model, config.serving)
-    route = Route(tag, names.ensemble, version, str(export_dir), model.variant)
+    names = ModelNames.for_tag(config.project.name, tag)
+    with _pending(repo, names):
+        return _gate(config, info, repo, model, Route(tag, names.ensemble, version, str(export_dir), model.variant),
+                     texts, run_id)
+
+
+def _gate(config: Config, info: server.ServerInfo, repo: Path, model: Deployable, route: Route,
+          texts: list[str], run_id: str | None) -> DeployResult:
+    """Write (and verify) the version, load it, run the smoke and load gates, then promote or discard."""
+    names = write_version(repo, config.project.name, route.tag, model, config.serving)
     cfg = config.serving
     url = info.url(cfg.protocol)
     with TritonClient(url, cfg.protocol, cfg.request_timeout_s) as client:
@@ -156,7 +186,7 @@ def deploy(config: Config, export_dir: Path, texts: list[str], version: str | No
     load = loadtest.run(url, names.ensemble, texts, cfg.load_concurrency, cfg.load_requests,
                         cfg.load_warmup, cfg.protocol, timeout_s=cfg.request_timeout_s)
     server.state_dir(config).mkdir(parents=True, exist_ok=True)  # absent when Triton is external
-    histogram = loadtest.plot(load, server.state_dir(config) / f"latency-{tag}.png", config.gates.p99_ms)
+    histogram = loadtest.plot(load, server.state_dir(config) / f"latency-{route.tag}.png", config.gates.p99_ms)
     reasons = []
     if load.p99_ms > config.gates.p99_ms:
         reasons.append(f"p99 {load.p99_ms:.1f} ms > SLO {config.gates.p99_ms:.1f} ms (gates.p99_ms) "
@@ -167,27 +197,43 @@ def deploy(config: Config, export_dir: Path, texts: list[str], version: str | No
         with TritonClient(url, cfg.protocol) as client:
             _discard(client, repo, names)
         return _reject(config, route, "; ".join(reasons), check, load, run_id, histogram)
-    _promote(config, route, url)
+    _promote(config, route)
     result = DeployResult("promoted", f"p99 {load.p99_ms:.1f} ms <= {config.gates.p99_ms:.1f} ms, "
                           f"{load.errors} errors", route, check, load.summary(), str(histogram))
     _record(config, result, run_id)
     return result
 
 
-def _promote(config: Config, route: Route, url: str) -> None:
+def _promote(config: Config, route: Route) -> None:
     routes = routing(config)
-    old_previous = routes.get("previous")
     if "champion" in routes and routes["champion"].tag != route.tag:
         routes["previous"] = routes["champion"]
     routes["champion"] = route
     _save_routing(config, routes)
     if route.version is not None:
         registry.promote(config, route.version)
-    # Keep champion and previous loaded (rollback is a re-route); unload anything older.
-    keep = {r.ensemble for r in routes.values()}
-    if old_previous is not None and old_previous.ensemble not in keep:
-        with TritonClient(url, config.serving.protocol) as client:
-            _unload(client, ModelNames.for_tag(config.project.name, old_previous.tag))
+    # Champion and previous stay loaded (rollback is a re-route); anything older goes.
+    prune_repository(config)
+
+
+def prune_repository(config: Config) -> list[str]:
+    """Unload and remove every version of this project that no route names (champion,
+    previous, challenger); a version being deployed is left alone. The ensembles removed."""
+    info = server.status(config)
+    repo = Path(info.repository) if info is not None else server.repository_dir(config)
+    routes = routing(config)
+    if not routes:
+        return []  # nothing routed (or routing.json lost): no anchor to tell stale from kept
+    keep = {r.tag for r in routes.values()}
+    stale = [names for tag, names in sorted(repository.versions(repo, config.project.name).items())
+             if tag not in keep and not repository.pending(repo, names)]
+    if stale and info is not None:
+        with TritonClient(info.url(config.serving.protocol), config.serving.protocol) as client:
+            for names in stale:
+                _unload(client, names)
+    for names in stale:
+        remove_version(repo, names)
+    return [names.ensemble for names in stale]
 
 
 def rollback(config: Config) -> Route:
@@ -200,6 +246,9 @@ def rollback(config: Config) -> Route:
     if info is None:
         raise ServingError("Triton is not running for this project. Start it with `ftops serve up`.")
     target = routes["previous"]
+    # Checked even when it is still loaded: the copy on disk is what a restart would serve.
+    repository.verify_version(Path(info.repository), ModelNames.of(target.ensemble),
+                              f"Not rolled back; the champion keeps serving. {_redeploy(target)}")
     with TritonClient(info.url(config.serving.protocol), config.serving.protocol) as client:
         if not client.ready(target.ensemble):
             client.client.load_model(target.ensemble)
@@ -209,6 +258,12 @@ def rollback(config: Config) -> Route:
         if registry.get(config, registry.PREVIOUS).version == target.version:
             registry.rollback(config)
     return target
+
+
+def _redeploy(route: Route) -> str:
+    version = f" --version {route.version}" if route.version else ""
+    return (f"Deploy that version again: `ftops deploy --export {route.export}{version}` "
+            "(re-export it first if its export fails the check too).")
 
 
 def _discard(client: TritonClient, repo: Path, names: ModelNames) -> None:
@@ -251,17 +306,43 @@ def _record(config: Config, result: DeployResult, run_id: str | None) -> None:
 
 
 def reload_routes(config: Config) -> dict[str, str]:
-    """After a server (re)start: load the champion and previous ensembles again."""
+    """After a server (re)start: load the routed ensembles again, each only once its
+    repository copy matches what was deployed; a mismatch raises after the others load."""
     info = server.status(config)
-    loaded = {}
+    loaded, refused = {}, []
     if info is None:
         return loaded
+    repo = Path(info.repository)
     with TritonClient(info.url(config.serving.protocol), config.serving.protocol) as client:
         for role, route in routing(config).items():
-            if (Path(info.repository) / route.ensemble).is_dir() and not client.ready(route.ensemble):
+            if (repo / route.ensemble).is_dir() and not client.ready(route.ensemble):
+                problems = _restore(config, repo, route)
+                if problems:
+                    refused.append(f"{role} {route.ensemble}: {'; '.join(problems)}. {_redeploy(route)}")
+                    continue
                 client.client.load_model(route.ensemble)
             loaded[role] = route.ensemble
+    if refused:
+        raise ServingError("Not loaded, their copies in the model repository are not what was deployed: "
+                           + " | ".join(refused))
     return loaded
+
+
+def _restore(config: Config, repo: Path, route: Route) -> list[str]:
+    """What is wrong with a routed version's repository copy, after rewriting it from its
+    export when the export itself verifies: a copy without a record (deployed by an older
+    ftops) or a damaged one is then served again instead of leaving the route down."""
+    problems = repository.version_problems(repo, ModelNames.of(route.ensemble))
+    if not problems:
+        return []
+    try:
+        model = Deployable.from_export(Path(route.export), route.variant)
+    except (ServingError, OSError, ValueError) as exc:
+        return [*problems, f"its export cannot restore it ({exc})"]
+    write_version(repo, config.project.name, route.tag, model, config.serving)
+    log.warning("the repository copy of %s did not match what was deployed (%s); rewritten from its verified "
+                "export %s", route.ensemble, "; ".join(problems), route.export)
+    return repository.version_problems(repo, ModelNames.of(route.ensemble))
 
 
 def stage(config: Config, export_dir: Path, texts: list[str], version: str | None = None,
@@ -273,18 +354,20 @@ def stage(config: Config, export_dir: Path, texts: list[str], version: str | Non
         raise ServingError("Triton is not running for this project. Start it with `ftops serve up`.")
     model = Deployable.from_export(export_dir, variant)
     tag = tag_for(model, version)
-    names = write_version(Path(info.repository), config.project.name, tag, model, config.serving)
-    route = Route(tag, names.ensemble, version, str(export_dir), model.variant)
-    url = info.url(config.serving.protocol)
-    with TritonClient(url, config.serving.protocol, config.serving.request_timeout_s) as client:
-        client.client.load_model(names.ensemble)
-        check = smoke(client, names.ensemble, model, texts[:SMOKE_TEXTS])
-        if not check["passed"]:
-            _discard(client, Path(info.repository), names)
-            raise ServingError(f"Challenger {names.ensemble} answers differently from its export: {check}")
-    routes = routing(config)
-    routes["challenger"] = route
-    _save_routing(config, routes)
+    repo = Path(info.repository)
+    with _pending(repo, ModelNames.for_tag(config.project.name, tag)):
+        names = write_version(repo, config.project.name, tag, model, config.serving)
+        route = Route(tag, names.ensemble, version, str(export_dir), model.variant)
+        url = info.url(config.serving.protocol)
+        with TritonClient(url, config.serving.protocol, config.serving.request_timeout_s) as client:
+            client.client.load_model(names.ensemble)
+            check = smoke(client, names.ensemble, model, texts[:SMOKE_TEXTS])
+            if not check["passed"]:
+                _discard(client, repo, names)
+                raise ServingError(f"Challenger {names.ensemble} answers differently from its export: {check}")
+        routes = routing(config)
+        routes["challenger"] = route
+        _save_routing(config, routes)
     if version is not None:
         registry.set_alias(config, registry.CHALLENGER, version)
     return route

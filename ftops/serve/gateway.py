@@ -1,8 +1,15 @@
-"""The gateway: text in/out HTTP in front of Triton (DESIGN.md section 4).
+"""The gateway: text in/out HTTP in front of Triton (docs/security.md says what it guards).
 
 It answers `/predict` from the route the traffic policy picks (ftops.serve.traffic),
 logs every answer to the prediction log without making the caller wait for the store,
 takes delayed labels on `/feedback`, and reports `/health` and Prometheus `/metrics`.
+
+Integrity: text the log cannot store is refused up front (422), so the log never blocks;
+rows the store still refuses go to `<project>/gateway/dead-letter.jsonl`. Labels steer the
+next model, so `/feedback` takes them only from a configured sender when any token is set
+(security.gateway_tokens; 401 otherwise), rate-limited per sender (429), checked against the
+label set (422) and one per request id (409 unless `replace`). Bodies are bounded while
+they stream (413). A 5xx tells the caller only a request id; the details go to the log.
 
 Request ids: one per text. A single-text request's id is the response's `request_id`;
 a batch of n texts gets `request_id` for the call and `<request_id>-<i>` per text (in
@@ -15,13 +22,18 @@ Routes are re-read from `<project>/triton/routing.json` at most every
 Process: `ftops gateway up` runs `python -m ftops.serve.gateway --fd N` with a socket
 bound here (port 0 = a free one, no race), state in `<project>/gateway/gateway.json`,
 stopped by PID like Triton. `uvicorn ftops.serve.gateway:app_from_env --factory` also
-works (config from $FTOPS_GATEWAY_CONFIG, else the usual load_config lookup).
+works (config from $FTOPS_GATEWAY_CONFIG, else the usual load_config lookup). The config
+file written beside the gateway (`<project>/gateway/config.json`, mode 0600) shows URL
+passwords masked; the child gets the real values through its environment (security.seal), and write
+tokens the way security.gateway_tokens reads them (the environment it inherits, or the file).
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import logging
+import math
 import os
 import socket
 import subprocess
@@ -38,13 +50,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Header, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field, StrictStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, model_validator
+from sqlalchemy.exc import SQLAlchemyError
 
-from ftops import predlog, procs
+from ftops import predlog, procs, security
 from ftops.config import Config, load_config
 from ftops.errors import FtopsError
 from ftops.serve import server
@@ -54,10 +67,18 @@ from ftops.serve.repository import ServingError
 from ftops.serve.traffic import make_policy
 
 ENV_CONFIG = "FTOPS_GATEWAY_CONFIG"
+DEAD_LETTER_MAX_BYTES = 64 * 2 ** 20  # refused rows kept on disk; beyond, only counted
 GRACEFUL_S = 10  # in-flight requests get this long to finish at shutdown
 LOG_CLOSE_S = 15  # then the log buffer this long to reach the store
 STOP_TIMEOUT_S = GRACEFUL_S + LOG_CLOSE_S + 5
 LATENCY_BUCKETS = (.002, .005, .01, .02, .035, .05, .075, .1, .15, .25, .5, 1, 2.5, 5, 10)
+PUBLIC_FAILURES = {  # what a caller learns of a 5xx; the details go to the log under the request id
+    500: "internal error in the gateway; retry later",
+    502: "the model server refused the request; retry later",
+    503: "the gateway cannot answer now (see /health); retry later",
+}
+
+logger = logging.getLogger("ftops.gateway")
 
 
 class GatewayError(FtopsError):
@@ -67,9 +88,11 @@ class GatewayError(FtopsError):
 class RequestError(Exception):
     """A request the gateway refuses or cannot answer: HTTP status and one clear message."""
 
-    def __init__(self, status: int, message: str, route: str = "-", version: str = "-"):
+    def __init__(self, status: int, message: str, route: str = "-", version: str = "-",
+                 headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status, self.message, self.route, self.version = status, message, route, version
+        self.headers = headers
 
 
 # ---------------------------------------------------------------- API models
@@ -111,17 +134,20 @@ class FeedbackRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     request_id: StrictStr = Field(min_length=1, max_length=64)
     label: StrictStr = Field(min_length=1, max_length=128, description="the true label")
+    replace: StrictBool = Field(False, description="replace the request's current label (else a second label is 409)")
 
 
 class FeedbackResponse(BaseModel):
     request_id: str
     label: str
     rows: int = Field(description="log rows updated (the served answer and any shadow answer)")
+    sender: str = Field(description="who the label is recorded from (the token's name, or anonymous)")
 
 
 class ErrorResponse(BaseModel):
     error: str
     detail: Any | None = None
+    request_id: str | None = Field(None, description="on a 5xx: quote it; the gateway's log has the details")
 
 
 class HealthResponse(BaseModel):
@@ -132,13 +158,16 @@ class HealthResponse(BaseModel):
     champion: dict | None = None
     challenger: dict | None = None
     triton: str | None = None
+    writes: str = Field(description="token: /feedback needs a bearer token; open: anyone on this host may label")
     log: dict
 
 
 ERRORS = {status: {"model": ErrorResponse, "description": text} for status, text in (
-    (400, "invalid JSON"), (404, "unknown request id"), (413, "text or batch too large"),
-    (422, "wrong types, empty text or unknown label"), (502, "Triton refused the request"),
-    (503, "Triton down, nothing deployed or the prediction log unavailable"))}
+    (400, "invalid JSON"), (401, "no valid bearer token (when the gateway has tokens)"),
+    (404, "unknown request id"), (409, "the request id is labelled already (send replace: true)"),
+    (413, "text, batch or body too large"), (422, "wrong types, empty text, NUL or unknown label"),
+    (429, "too many labels from one sender (see Retry-After)"), (500, "internal error (request id only)"),
+    (502, "Triton refused the request"), (503, "Triton down, nothing deployed or the prediction log unavailable"))}
 
 
 # ---------------------------------------------------------------- routes, labels, clients
@@ -229,7 +258,7 @@ class Clients:
 class Metrics:
     """Prometheus metrics in a registry of this app (several apps may share a process)."""
 
-    def __init__(self, writer: predlog.LogWriter):
+    def __init__(self, writer: predlog.LogWriter, dead_letter: predlog.DeadLetterFile):
         from prometheus_client import CollectorRegistry, Counter, Histogram
 
         self.registry = CollectorRegistry(auto_describe=True)
@@ -241,7 +270,7 @@ class Metrics:
                                  ["version"], buckets=LATENCY_BUCKETS, registry=self.registry)
         self.shadow_dropped = Counter("ftops_gateway_shadow_dropped", "Shadow copies dropped: queue full",
                                       registry=self.registry)
-        self.registry.register(_LogCollector(writer))
+        self.registry.register(_LogCollector(writer, dead_letter))
 
     def text(self) -> bytes:
         from prometheus_client import generate_latest
@@ -252,8 +281,8 @@ class Metrics:
 class _LogCollector:
     """The log writer's own counts, read at scrape time."""
 
-    def __init__(self, writer: predlog.LogWriter):
-        self.writer = writer
+    def __init__(self, writer: predlog.LogWriter, dead_letter: predlog.DeadLetterFile):
+        self.writer, self.dead_letter = writer, dead_letter
 
     def collect(self):
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -263,8 +292,35 @@ class _LogCollector:
         yield CounterMetricFamily("ftops_gateway_log_written_rows", "Log rows written", value=w.written)
         yield CounterMetricFamily("ftops_gateway_log_dropped_rows", "Log rows dropped (buffer full or "
                                   "store down at shutdown)", value=w.dropped)
-        yield CounterMetricFamily("ftops_gateway_log_write_errors", "Failed log writes (rows kept, retried)",
-                                  value=w.write_errors)
+        yield CounterMetricFamily("ftops_gateway_log_write_errors", "Failed log writes (store down: rows kept "
+                                  "and retried; rows refused: set aside)", value=w.write_errors)
+        yield CounterMetricFamily("ftops_gateway_log_dead_letter_rows", "Log rows the store refused, set aside "
+                                  "in the dead-letter file", value=w.dead_lettered)
+        yield CounterMetricFamily("ftops_gateway_log_dead_letter_unsaved_rows", "Refused rows not saved: the "
+                                  "dead-letter file is at its size limit", value=self.dead_letter.unsaved)
+
+
+class RateLimit:
+    """A token bucket per sender: `per_minute` requests a minute, bursts up to that many.
+    A dozen lines, so no library: slowapi / limits bring a storage backend that one gateway
+    process, which holds all of its senders' state, does not need."""
+
+    def __init__(self, per_minute: int):
+        self.rate, self.capacity = per_minute / 60.0, float(per_minute)
+        self._buckets: dict[str, tuple[float, float]] = {}  # sender -> (tokens, when); one per token name
+        self._lock = threading.Lock()
+
+    def wait_s(self, key: str) -> float:
+        """0 when the request may go (a token is taken), else the seconds until one is back."""
+        now = time.monotonic()
+        with self._lock:
+            tokens, then = self._buckets.get(key, (self.capacity, now))
+            tokens = min(self.capacity, tokens + (now - then) * self.rate)
+            if tokens >= 1:
+                self._buckets[key] = (tokens - 1, now)
+                return 0.0
+            self._buckets[key] = (tokens, now)
+            return (1 - tokens) / self.rate
 
 
 # ---------------------------------------------------------------- the gateway
@@ -282,8 +338,12 @@ class Gateway:
         self.clients = Clients(cfg.protocol, cfg.request_timeout_s)
         self._engine = None
         self._engine_lock = threading.Lock()
-        self.writer = predlog.LogWriter(self._write, cfg.log_buffer_rows, cfg.log_batch_rows, cfg.log_flush_ms)
-        self.metrics = Metrics(self.writer)
+        self.tokens = security.gateway_tokens(self.config)
+        self.limiter = RateLimit(self.config.feedback.per_minute)
+        self.dead_letter = predlog.DeadLetterFile(state_dir(self.config) / "dead-letter.jsonl", DEAD_LETTER_MAX_BYTES)
+        self.writer = predlog.LogWriter(self._write, cfg.log_buffer_rows, cfg.log_batch_rows, cfg.log_flush_ms,
+                                        dead_letter=self.dead_letter)
+        self.metrics = Metrics(self.writer, self.dead_letter)
         self.shadow = ThreadPoolExecutor(max_workers=2, thread_name_prefix="shadow")
         self._shadow_slots = threading.BoundedSemaphore(cfg.shadow_pending)
 
@@ -294,6 +354,8 @@ class Gateway:
             self.engine()  # the table exists before the first request
         except Exception as exc:  # the store is down: the writer retries, requests go on
             self.writer.last_error = f"{type(exc).__name__}: {str(exc)[:300]}"
+            logger.error("prediction log unavailable at start (%s); rows are buffered and retried",
+                         security.mask_url(self.writer.last_error))
         self.writer.start()
 
     def close(self) -> int:
@@ -320,6 +382,7 @@ class Gateway:
 
     def predict(self, body: PredictRequest) -> dict:
         texts = check_texts(body, self.serving.max_text_bytes, self.serving.max_texts_per_request)
+        storable(body.user, "user")
         view = self.routes.view()
         assignment = self.policy.assign(body.user, "challenger" in view.routes)
         route, url = self._target(view, assignment.route)
@@ -398,32 +461,71 @@ class Gateway:
 
     # ------------------------------------------------ feedback
 
-    def feedback(self, body: FeedbackRequest) -> dict:
-        models = self._models_of(body.request_id)
-        allowed = sorted({label for m in models for label in (self.routes.labels(m) or [])})
-        if allowed and body.label not in allowed:
-            raise RequestError(422, f"Label '{body.label}' is not one of the model's labels: {', '.join(allowed)}.")
-        rows = self._store(lambda: predlog.add_feedback(self.engine(), body.request_id, body.label))
-        return {"request_id": body.request_id, "label": body.label, "rows": rows}
+    def sender_of(self, authorization: str | None) -> str:
+        """Who sends a label: the bearer token's name (401 without a valid one, when any token
+        is configured), else anonymous; 429 past the sender's feedback.per_minute."""
+        who = security.ANONYMOUS
+        if self.tokens:
+            who = security.sender(self.tokens, authorization)
+            if who is None:
+                why = "no bearer token was sent" if not authorization else "the bearer token is not a valid one"
+                raise RequestError(401, f"This gateway takes labels only from configured senders and {why}: "
+                                        "send `Authorization: Bearer <token>` with a token from "
+                                        "security.tokens_file or $FTOPS_GATEWAY_TOKENS.",
+                                   headers={"WWW-Authenticate": "Bearer"})
+        wait = self.limiter.wait_s(who)
+        if wait:
+            raise RequestError(429, f"Too many labels from {who}: the limit is {self.config.feedback.per_minute} "
+                                    "a minute (feedback.per_minute); retry after the Retry-After seconds.",
+                               headers={"Retry-After": str(math.ceil(wait))})
+        return who
 
-    def _models_of(self, request_id: str) -> list[str]:
-        """The models that answered it; a request answered a moment ago may still be in the
-        buffer, so an unknown id first waits for the buffer to reach the store."""
-        models = self._store(lambda: predlog.request_models(self.engine(), request_id))
-        if not models and self.writer.buffered:
+    def feedback(self, body: FeedbackRequest, sender: str = security.ANONYMOUS) -> dict:
+        storable(body.request_id, "request_id")
+        storable(body.label, "label")
+        model = self._served_model(body.request_id)
+        allowed = self._label_set(model)
+        if body.label not in allowed:
+            raise RequestError(422, f"Label '{body.label}' is not one of the project's labels: "
+                                    f"{', '.join(sorted(allowed))}.")
+        try:
+            rows = self._store(lambda: predlog.add_feedback(self.engine(), body.request_id, body.label, sender,
+                                                            body.replace))
+        except predlog.AlreadyLabelled as exc:
+            raise RequestError(409, f"Request '{body.request_id}' already has the label '{exc.label}' from "
+                                    f"{exc.sender}; send \"replace\": true to replace it.") from None
+        return {"request_id": body.request_id, "label": body.label, "rows": rows, "sender": sender}
+
+    def _label_set(self, model: str) -> list[str]:
+        """config.data.labels, else the answering model's labels; a 422 when neither is known,
+        rather than accepting any string as a label to train on."""
+        if self.config.data.labels:
+            return list(self.config.data.labels)
+        export = next((r.export for r in self.routes.view().routes.values() if r.ensemble == model), None)
+        labels = self.routes.labels(model, export)
+        if not labels:
+            raise RequestError(422, f"No label set is known for model {model} (no labels.json in its Triton "
+                                    "repository or export), so no label can be checked: set data.labels in "
+                                    "the project config.")
+        return list(labels)
+
+    def _served_model(self, request_id: str) -> str:
+        """The model whose answer the caller got; a request answered a moment ago may still be
+        in the buffer, so an unknown id first waits for the buffer to reach the store."""
+        model = self._store(lambda: predlog.served_model(self.engine(), request_id))
+        if model is None and self.writer.buffered:
             self.writer.flush(timeout_s=5.0)
-            models = self._store(lambda: predlog.request_models(self.engine(), request_id))
-        if not models:
+            model = self._store(lambda: predlog.served_model(self.engine(), request_id))
+        if model is None:
             raise RequestError(404, f"Unknown request_id '{request_id}': no logged prediction has it. Use the "
                                     "request_id of one prediction (a batch has one per text).")
-        return models
+        return model
 
     def _store(self, call):
         try:
             return call()
-        except Exception as exc:  # the store is down: say so rather than a bare 500
-            raise RequestError(503, f"The prediction log is unavailable ({type(exc).__name__}: "
-                                    f"{str(exc)[:300]}); retry later.") from None
+        except (SQLAlchemyError, OSError) as exc:  # the store is down: a 503, not a bare 500
+            raise RequestError(503, f"The prediction log is unavailable ({predlog.describe_error(exc)}).") from None
 
     # ------------------------------------------------ health
 
@@ -438,9 +540,11 @@ class Gateway:
         body = {"status": "unavailable" if reason else "ok", "reason": reason, "policy": self.policy.describe(),
                 "note": note, "champion": _route_dict(champion), "challenger": _route_dict(challenger),
                 "triton": view.server.url(self.serving.protocol) if view.server else None,
+                "writes": "token" if self.tokens else "open",
                 "log": {"buffered": self.writer.buffered, "written": self.writer.written,
                         "dropped": self.writer.dropped, "write_errors": self.writer.write_errors,
-                        "last_error": self.writer.last_error}}
+                        "dead_lettered": self.writer.dead_lettered,
+                        "dead_letter_unsaved": self.dead_letter.unsaved}}  # counts only: errors are in the log
         return (503 if reason else 200), body
 
     def _unhealthy(self, view: View, champion: Route | None) -> str | None:
@@ -475,35 +579,85 @@ def check_texts(body: PredictRequest, max_bytes: int, max_texts: int) -> list[st
     for i, text in enumerate(texts):
         if not text.strip():
             raise RequestError(422, f"text {i} is empty (or only whitespace); nothing to classify.")
-        try:
-            size = len(text.encode("utf-8"))
-        except UnicodeEncodeError:
-            raise RequestError(422, f"text {i} is not valid Unicode (a lone surrogate escape?).") from None
+        storable(text, f"text {i}")
+        size = len(text.encode("utf-8"))
         if size > max_bytes:
             raise RequestError(413, f"text {i} is {size} bytes of UTF-8; the limit is {max_bytes} "
                                     "(serving.max_text_bytes).")
     return texts
 
 
+def storable(value: str | None, what: str) -> None:
+    """A 422 for text the prediction log cannot hold, so it never reaches (and blocks) the
+    writer: NUL (PostgreSQL text refuses it) and lone surrogates (not UTF-8)."""
+    if value is None:
+        return
+    if "\x00" in value:
+        raise RequestError(422, f"{what} contains a NUL character (U+0000), which the prediction log cannot "
+                                "store; remove it.")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise RequestError(422, f"{what} is not valid Unicode (a lone surrogate escape?).") from None
+
+
 # ---------------------------------------------------------------- the app
 
 
-class BodyLimit:
-    """Refuse a body whose Content-Length alone exceeds any acceptable request, before
-    reading it (ASGI middleware: no per-request overhead beyond one header lookup)."""
+class BodyTooLarge(Exception):
+    pass
 
-    def __init__(self, app, limit: int):
-        self.app, self.limit = app, limit
+
+class BodyLimit:
+    """Refuse a request body over `limit` bytes without ever holding much more of it: at once
+    from Content-Length, else (chunked bodies) by counting bytes as the app receives them and
+    answering 413 as soon as the count passes the limit. ASGI middleware: one header lookup
+    and one addition per chunk."""
+
+    def __init__(self, app, limit: int, on_refuse=None):
+        self.app, self.limit, self.on_refuse = app, limit, on_refuse
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "http":
-            length = dict(scope["headers"]).get(b"content-length", b"")
-            if length.isdigit() and int(length) > self.limit:
-                response = JSONResponse({"error": f"request body of {int(length)} bytes is over the gateway's "
-                                                  f"{self.limit} byte limit"}, status_code=413)
-                await response(scope, receive, send)
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.limit:
+            await self._refuse(scope, receive, send, f"request body of {int(length)} bytes is over the "
+                                                     f"gateway's {self.limit} byte limit")
+            return
+        seen, over, started = 0, False, False
+
+        async def counted():
+            nonlocal seen, over
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    over = True
+                    raise BodyTooLarge(seen)
+            return message
+
+        async def guarded(message):
+            nonlocal started
+            if over:  # the app's own answer to the cut-off body (FastAPI makes it a 400): replaced below
                 return
-        await self.app(scope, receive, send)
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted, guarded)
+        except Exception:
+            if not over:
+                raise
+        if over and not started:
+            await self._refuse(scope, receive, send, f"request body is over the gateway's {self.limit} byte "
+                                                     f"limit (refused after {seen} bytes)")
+
+    async def _refuse(self, scope, receive, send, message: str) -> None:
+        if self.on_refuse is not None:
+            self.on_refuse()
+        await JSONResponse({"error": message}, status_code=413)(scope, receive, send)
 
 
 def create_app(config: Config) -> FastAPI:
@@ -521,7 +675,8 @@ def create_app(config: Config) -> FastAPI:
     app.state.gateway = gateway
     cfg = gateway.serving
     # JSON may spell a byte as \uXXXX (6 bytes) or a 4-byte character as a 12-byte surrogate pair.
-    app.add_middleware(BodyLimit, limit=cfg.max_texts_per_request * cfg.max_text_bytes * 6 + 65536)
+    app.add_middleware(BodyLimit, limit=cfg.max_texts_per_request * cfg.max_text_bytes * 6 + 65536,
+                       on_refuse=lambda: gateway.metrics.errors.labels("-", "-", "413").inc())
     _handlers(app, gateway)
     _routes(app, gateway)
     return app
@@ -531,7 +686,14 @@ def _handlers(app: FastAPI, gateway: Gateway) -> None:
     @app.exception_handler(RequestError)
     async def refused(_request: Request, exc: RequestError):
         gateway.metrics.errors.labels(exc.route, exc.version, str(exc.status)).inc()
-        return JSONResponse({"error": exc.message}, status_code=exc.status)
+        if exc.status >= 500:
+            return failure(exc.status, exc.message)
+        return JSONResponse({"error": exc.message}, status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def crashed(_request: Request, exc: Exception):
+        gateway.metrics.errors.labels("-", "-", "500").inc()
+        return failure(500, f"{type(exc).__name__}: {exc}", exc)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_request: Request, exc: RequestValidationError):
@@ -546,16 +708,28 @@ def _handlers(app: FastAPI, gateway: Gateway) -> None:
         return JSONResponse({"error": message, "detail": detail}, status_code=status)
 
 
+def failure(status: int, detail: str, exc: BaseException | None = None) -> JSONResponse:
+    """A 5xx: the caller gets a generic message and a request id, the log the details."""
+    request_id = uuid.uuid4().hex
+    logger.error("request %s failed with HTTP %d: %s", request_id, status, security.mask_url(detail), exc_info=exc)
+    return JSONResponse({"error": PUBLIC_FAILURES.get(status, PUBLIC_FAILURES[500]), "request_id": request_id},
+                        status_code=status)
+
+
 def _routes(app: FastAPI, gateway: Gateway) -> None:
+    def sender(authorization: str | None = Header(None, include_in_schema=False)) -> str:
+        return gateway.sender_of(authorization)
+
     @app.post("/predict", response_model=PredictResponse, responses=ERRORS)
     def predict(body: PredictRequest):
         """Classify one text or a batch with the route the traffic policy picks."""
         return gateway.predict(body)
 
     @app.post("/feedback", response_model=FeedbackResponse, responses=ERRORS)
-    def feedback(body: FeedbackRequest):
-        """Attach the true label to a request's log rows (served and shadow)."""
-        return gateway.feedback(body)
+    def feedback(body: FeedbackRequest, who: str = Depends(sender)):
+        """Attach the true label to a request's log rows (served and shadow); a bearer token
+        names the sender when the gateway has tokens."""
+        return gateway.feedback(body, who)
 
     @app.get("/health", response_model=HealthResponse, responses={503: {"model": HealthResponse}})
     def health():
@@ -576,7 +750,7 @@ def app_from_env() -> FastAPI:
     `ftops gateway up`, or a project YAML), else the usual load_config lookup."""
     path = os.environ.get(ENV_CONFIG)
     if path and path.endswith(".json"):
-        return create_app(Config.model_validate_json(Path(path).read_text()))
+        return create_app(security.unseal(Path(path).read_text()))
     return create_app(load_config(path or None))
 
 
@@ -644,14 +818,16 @@ def start(config: Config) -> GatewayInfo:
     running = status(config)
     if running is not None:
         return running
-    resolved = config.resolved()
+    resolved = _absolute_paths(config.resolved())
+    _check_writes_guarded(resolved)
     folder = state_dir(resolved)
     folder.mkdir(parents=True, exist_ok=True)
     config_file = folder / "config.json"
-    config_file.write_text(resolved.model_dump_json(indent=2))
+    shown, secret_env = security.seal(resolved)
+    _write_private(config_file, shown)
     sock = _bind(resolved.serving.host, resolved.serving.gateway_port)
     log = folder / "gateway.log"
-    env = {**os.environ, ENV_CONFIG: str(config_file)}
+    env = _child_env(config_file, secret_env)
     with sock, open(log, "ab") as handle:
         proc = subprocess.Popen([sys.executable, "-m", "ftops.serve.gateway", "--fd", str(sock.fileno())],
                                 stdout=handle, stderr=subprocess.STDOUT, env=env, cwd=folder,
@@ -660,6 +836,39 @@ def start(config: Config) -> GatewayInfo:
     _state_file(resolved).write_text(json.dumps(asdict(info)))
     _wait_ready(resolved, proc, info)
     return info
+
+
+def _absolute_paths(config: Config) -> Config:
+    """The child runs in the gateway folder: a relative tokens file must still be found."""
+    if config.security.tokens_file is not None:
+        config.security.tokens_file = Path(config.security.tokens_file).expanduser().resolve()
+    return config
+
+
+def _check_writes_guarded(config: Config) -> None:
+    """Labels train the next model: an open gateway is allowed only where only this host reaches it."""
+    host = config.serving.host
+    if not security.gateway_tokens(config) and not security.is_loopback(host):
+        raise GatewayError(f"serving.host is {host}, which other machines can reach, and no write token is "
+                           f"configured, so anyone could send labels. Set ${security.ENV_TOKENS} (name=token) or "
+                           "security.tokens_file (one 'name token' per line), or serve on 127.0.0.1.")
+
+
+def _child_env(config_file: Path, secret_env: dict[str, str]) -> dict[str, str]:
+    """The child's environment: ours (tokens from the environment are inherited), the config
+    file, and the values that file shows masked."""
+    env = {**os.environ, ENV_CONFIG: str(config_file), **secret_env}
+    if env.get(security.ENV_TOKENS_FILE):
+        env[security.ENV_TOKENS_FILE] = str(Path(env[security.ENV_TOKENS_FILE]).expanduser().resolve())
+    return env
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write a file only its owner can read (0600), also when an older, more open one is there."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -705,6 +914,7 @@ def serve_fd(fd: int) -> None:
     """The child: uvicorn on the inherited socket; SIGTERM runs the graceful shutdown."""
     import uvicorn
 
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     sock = socket.socket(fileno=fd)
     config = uvicorn.Config(app_from_env, factory=True, log_level="info", access_log=False,
                             timeout_graceful_shutdown=GRACEFUL_S, lifespan="on")
@@ -738,11 +948,12 @@ class GatewayLoad:
 
 def loadtest(url: str, texts: list[str], requests: int = 500, concurrency: int = 4, max_seconds: float = 60.0,
              users: int = 0, labels: list[str] | None = None, feedback_share: float = 0.0, warmup: int = 10,
-             timeout_s: float = 30.0) -> GatewayLoad:
+             timeout_s: float = 30.0, token: str | None = None) -> GatewayLoad:
     """One text per POST /predict, `concurrency` threads each with a keep-alive httpx
     client, until `requests` are sent or `max_seconds` pass. With `users`, requests carry
     one of that many user keys (sticky A/B arms); with `labels` (the texts' true labels),
-    a `feedback_share` of answered requests also gets /feedback (not timed)."""
+    a `feedback_share` of answered requests also gets /feedback (not timed; with `token` as
+    its bearer token when the gateway has tokens)."""
     import httpx
 
     with httpx.Client(base_url=url, timeout=timeout_s) as client:
@@ -774,7 +985,8 @@ def loadtest(url: str, texts: list[str], requests: int = 500, concurrency: int =
             tally["routes"][route] = tally["routes"].get(route, 0) + 1
         if labels and (i * 2654435761 % 2 ** 32) / 2 ** 32 < feedback_share:  # a fixed, spread-out share
             answer = client.post("/feedback", json={"request_id": resp.json()["request_id"],
-                                                    "label": labels[i % len(labels)]})
+                                                    "label": labels[i % len(labels)]},
+                                 headers={"Authorization": f"Bearer {token}"} if token else None)
             with lock:
                 tally["feedback"] += answer.status_code == 200
 

@@ -156,6 +156,7 @@ def start(config: Config) -> ServerInfo:
     ports = [cfg.http_port or free_port(cfg.host), cfg.grpc_port or free_port(cfg.host),
              cfg.metrics_port or free_port(cfg.host)]
     log = folder / "server.log"
+    procs.rotate_log(log, config.retention)
     command = [
         str(home / "bin" / "tritonserver"), f"--model-repository={repo}",
         f"--backend-directory={home / 'backends'}", f"--cache-directory={home / 'caches'}",

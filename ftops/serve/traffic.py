@@ -8,6 +8,7 @@ route, `ab` and `shadow` fall back to the champion and say so.
 
 `ab_report` turns logged rows with feedback into per-arm numbers and a significance test:
 unpaired for A/B (the arms answer different requests), paired for shadow (same requests).
+`report_rows` reads its input: a bounded window of the log, in chunks, only the columns used.
 """
 
 from __future__ import annotations
@@ -21,9 +22,12 @@ import numpy as np
 import pandas as pd
 from scipy.stats import norm
 
+from ftops import predlog
 from ftops.config import ServingSection
 from ftops.evaluate import BATCH_METRICS, _confusions, mcnemar, paired_bootstrap
 
+REPORT_COLUMNS = ("request_id", "route", "prediction", "feedback", "latency_ms", "model", "version")
+REPORT_MAX_ROWS = 200_000  # newest log rows a report reads when no row count is given
 NO_CHALLENGER = "no challenger route: all traffic goes to the champion (stage a challenger to split or mirror it)"
 
 
@@ -103,8 +107,17 @@ def make_policy(serving: ServingSection, salt: str = "") -> Policy:
 # ---------------------------------------------------------------- the online A/B report
 
 
+def report_rows(eng, since=None, last: int | None = None, max_rows: int = REPORT_MAX_ROWS) -> pd.DataFrame:
+    """The rows `ab_report` reads: those logged since `since`, the newest `last` of them
+    (`max_rows` when no count is given, so a years-long log is never read whole), with only
+    the columns the report uses, fetched in chunks."""
+    return predlog.read(eng, last=max_rows if last is None else last, since=since, routes=predlog.ROUTES,
+                        columns=REPORT_COLUMNS)
+
+
 def ab_report(frame: pd.DataFrame, alpha: float = 0.05, resamples: int = 2000, seed: int = 0) -> dict[str, Any]:
-    """Per-arm numbers and tests from prediction-log rows (`predlog.read(..., routes=ROUTES)`).
+    """Per-arm numbers and tests from prediction-log rows (`report_rows`, or any frame with
+    its columns).
 
     `ab`: champion vs challenger rows that answered callers (unpaired tests).
     `shadow`: champion answers vs the shadow answers to the same requests (paired tests).
