@@ -955,6 +955,7 @@ def ui_start(config: Config, port: int | None = None) -> UiInfo:
     log_path = folder / "ui.log"
     command = [sys.executable, "-m", "evidently.cli", "ui", "--workspace", str(ws),
                "--host", "127.0.0.1", "--port", str(port)]
+    procs.rotate_log(log_path, config.retention)
     with open(log_path, "ab") as handle:
         proc = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, cwd=folder,
                                 start_new_session=True, env={**os.environ, "DO_NOT_TRACK": "1"})

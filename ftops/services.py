@@ -111,9 +111,9 @@ def up(config: Config, config_path: str | None = None, only: tuple[str, ...] = O
     base = folder(config)
     for name in only:
         if name == "prefect":
-            procs.start(base, prefect_service(config, env))
+            procs.start(base, prefect_service(config, env), config.retention)
         elif name == "mlflow":
-            procs.start(base, mlflow_service(config, env))
+            procs.start(base, mlflow_service(config, env), config.retention)
         elif name == "triton":
             from ftops.serve import deploy, server
 
@@ -128,7 +128,7 @@ def up(config: Config, config_path: str | None = None, only: tuple[str, ...] = O
 
             monitor.ui_start(config)
         elif name == "deployments":
-            procs.start(base, deployments_service(config, env, config_path))
+            procs.start(base, deployments_service(config, env, config_path), config.retention)
     return status(config)
 
 

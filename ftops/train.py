@@ -210,7 +210,9 @@ class Extras(torch.nn.Module):
 
     def loss(self, side: dict[str, torch.Tensor], progress: float) -> dict[str, torch.Tensor]:
         """The extra loss terms of one training batch (the primary loss is the caller's)."""
-        features, terms = self.features.features, {}
+        # The hook saw the head's input in the autocast dtype (bf16 on CPUs that have it), but
+        # the loss runs outside the model's autocast: the small extra heads compute in fp32.
+        features, terms = self.features.features.float(), {}
         section = self.adaptation
         if section is not None:
             domain = side[DOMAIN_KEY]
@@ -241,7 +243,7 @@ class Extras(torch.nn.Module):
             side = {k: batch.pop(k) for k in list(batch) if k.startswith(TASK_PREFIX) or k == DOMAIN_KEY}
             batch.pop("labels")
             model(**{k: v.to(device) for k, v in batch.items()})
-            for name, out in self.tasks(self.features.features).items():
+            for name, out in self.tasks(self.features.features.float()).items():
                 logits[name].append(out.float().cpu())
                 gold[name].append(side[TASK_PREFIX + name])
         model.train(was_training)

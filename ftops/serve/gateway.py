@@ -827,6 +827,7 @@ def start(config: Config) -> GatewayInfo:
     _write_private(config_file, shown)
     sock = _bind(resolved.serving.host, resolved.serving.gateway_port)
     log = folder / "gateway.log"
+    procs.rotate_log(log, resolved.retention)
     env = _child_env(config_file, secret_env)
     with sock, open(log, "ab") as handle:
         proc = subprocess.Popen([sys.executable, "-m", "ftops.serve.gateway", "--fd", str(sock.fileno())],
