@@ -513,8 +513,8 @@ class Gateway:
         """The model whose answer the caller got; a request answered a moment ago may still be
         in the buffer, so an unknown id first waits for the buffer to reach the store."""
         model = self._store(lambda: predlog.served_model(self.engine(), request_id))
-        if model is None and self.writer.buffered:
-            self.writer.flush(timeout_s=5.0)
+        if model is None:  # not `if buffered`: the write may have landed between the query and now
+            self.writer.flush(timeout_s=5.0)  # returns at once when nothing is pending
             model = self._store(lambda: predlog.served_model(self.engine(), request_id))
         if model is None:
             raise RequestError(404, f"Unknown request_id '{request_id}': no logged prediction has it. Use the "
