@@ -303,6 +303,32 @@ class RetentionSection(Section):
         "keep the Trainer checkpoints of finished candidates (false: deleted; the trained model stays)"))
 
 
+class TimeoutsSection(Section):
+    """How long ftops waits on each service before it gives up on a call; a service that is
+    down then costs a bounded wait and a clear error, never a hung loop. Inference calls
+    have their own limit (serving.request_timeout_s)."""
+
+    triton_control_s: float = Field(120.0, gt=0, description="loading or unloading a model in Triton")
+    triton_probe_s: float = Field(5.0, gt=0, description="Triton readiness and health probes")
+    mlflow_s: float = Field(30.0, gt=0, description=(
+        "one MLflow tracking / registry request (retries included: a down server fails fast)"))
+    prefect_s: float = Field(10.0, gt=0, description="one Prefect API call (health probe, event delivery)")
+    database_s: float = Field(10.0, gt=0, description="connecting to (or waiting on a lock of) a database")
+    lock_s: float = Field(600.0, gt=0, description=(
+        "waiting for the project's promotion lock held by another deploy / rollback / promotion"))
+
+
+class SupervisorSection(Section):
+    """The embedded set-up's self-healing: a loop (started by `ftops up`) that restarts a
+    service that died and reloads Triton's routes. Compose and Kubernetes use their own
+    restart policies instead (infra/)."""
+
+    enabled: bool = True
+    interval_s: float = Field(2.0, gt=0, description="how often every service is checked")
+    max_restarts: int = Field(5, ge=1, description="restarts of one service within window_s before it is left down")
+    window_s: float = Field(600.0, gt=0, description="the window max_restarts counts in")
+
+
 class UrisSection(Section):
     """Empty values resolve to embedded defaults under project.dir (see Config.resolved)."""
 
@@ -334,6 +360,8 @@ class Config(Section):
     feedback: FeedbackSection = FeedbackSection()
     security: SecuritySection = SecuritySection()
     retention: RetentionSection = RetentionSection()
+    timeouts: TimeoutsSection = TimeoutsSection()
+    supervisor: SupervisorSection = SupervisorSection()
     uris: UrisSection = UrisSection()
 
     @field_validator("candidates")

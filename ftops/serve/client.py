@@ -21,19 +21,72 @@ class Prediction:
 
 
 class TritonClient:
-    def __init__(self, url: str, protocol: str = "grpc", timeout_s: float = 30.0):
+    """Every call has a time limit: inference `timeout_s`, model load / unload
+    `control_timeout_s`, readiness probes `probe_timeout_s` (see the config's `timeouts`)."""
+
+    def __init__(self, url: str, protocol: str = "grpc", timeout_s: float = 30.0,
+                 control_timeout_s: float = 120.0, probe_timeout_s: float = 5.0):
         self.url, self.protocol, self.timeout_s = url, protocol, timeout_s
+        self.control_timeout_s, self.probe_timeout_s = control_timeout_s, probe_timeout_s
         if protocol == "grpc":
             import tritonclient.grpc as module
         else:
             import tritonclient.http as module
         self.module = module
-        kwargs = {} if protocol == "grpc" else {"connection_timeout": timeout_s, "network_timeout": timeout_s}
-        self.client = module.InferenceServerClient(url=url, **kwargs)
+        self.client = self._connect(timeout_s)
+        self._control = None
+
+    @classmethod
+    def for_config(cls, url: str, config) -> TritonClient:
+        """A client with every limit taken from a project config."""
+        return cls(url, config.serving.protocol, config.serving.request_timeout_s,
+                   config.timeouts.triton_control_s, config.timeouts.triton_probe_s)
+
+    def _connect(self, timeout_s: float):
+        kwargs = {} if self.protocol == "grpc" else {"connection_timeout": min(timeout_s, 10.0),
+                                                     "network_timeout": timeout_s}
+        return self.module.InferenceServerClient(url=self.url, **kwargs)
+
+    def _control_client(self):
+        """gRPC takes a limit per call; the HTTP client has one per connection, so control
+        calls (a load may take a minute) get a client of their own."""
+        if self.protocol == "grpc":
+            return self.client
+        if self._control is None:
+            self._control = self._connect(self.control_timeout_s)
+        return self._control
+
+    def _limit(self, seconds: float) -> dict:
+        return {"client_timeout": seconds} if self.protocol == "grpc" else {}
 
     def close(self) -> None:
         """Close first: an open HTTP client makes tritonserver's SIGTERM wait its exit timeout."""
         self.client.close()
+        if self._control is not None:
+            self._control.close()
+
+    def load(self, model: str) -> None:
+        """Load (or reload) a model; raises ServingError on refusal or when the limit passes."""
+        self._control_call("load", model, lambda c: c.load_model(model, **self._limit(self.control_timeout_s)))
+
+    def unload(self, model: str) -> bool:
+        """Unload a model; False when it was not loaded or Triton did not answer (nothing to undo)."""
+        try:
+            self._control_call("unload", model,
+                               lambda c: c.unload_model(model, **self._limit(self.control_timeout_s)))
+        except ServingError:
+            return False
+        return True
+
+    def _control_call(self, what: str, model: str, call) -> None:
+        from tritonclient.utils import InferenceServerException
+
+        try:
+            call(self._control_client())
+        except InferenceServerException as exc:
+            raise ServingError(f"{what} of '{model}': {explain(exc, self.url, model)}") from None
+        except OSError as exc:  # the HTTP client's socket errors (refused, reset, timed out)
+            raise ServingError(f"{what} of '{model}': Triton at {self.url} is not reachable ({exc}).") from None
 
     def __enter__(self) -> TritonClient:
         return self
@@ -59,6 +112,9 @@ class TritonClient:
             result = self.client.infer(model, [tensor], outputs=outputs, **kwargs)
         except InferenceServerException as exc:
             raise ServingError(explain(exc, self.url, model)) from None
+        except OSError as exc:  # the HTTP client's socket errors: the server is down, not the request
+            raise ServingError(f"Triton at {self.url} is not reachable ({exc}). "
+                               "Start it with `ftops serve up`.") from None
         labels = result.as_numpy("LABEL").reshape(-1)
         probs = result.as_numpy("PROBS")
         return [Prediction(label.decode("utf-8"), [float(p) for p in row]) for label, row in zip(labels, probs)]
@@ -67,8 +123,10 @@ class TritonClient:
         from tritonclient.utils import InferenceServerException
 
         try:
+            if self.protocol == "grpc":
+                return bool(self.client.is_model_ready(model, client_timeout=self.probe_timeout_s))
             return bool(self.client.is_model_ready(model))
-        except InferenceServerException:
+        except (InferenceServerException, OSError):
             return False
 
     def statistics(self, model: str) -> dict:
