@@ -8,6 +8,7 @@ same thing; everything they return is a small JSON-able dict.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
@@ -108,7 +109,7 @@ def evaluate_and_decide(config_path: str | None, snapshot_id: str, run_id: str) 
 def export_and_deploy(config_path: str | None, version: str, snapshot_id: str, run_id: str) -> dict:
     """ONNX export behind the parity gate, then Triton behind the smoke + P99 gates; on a
     pass the champion alias and route move and the monitor's reference is saved."""
-    from ftops import export, monitor
+    from ftops import export, lock, monitor
     from ftops.serve import deploy, server
 
     config = _config(config_path)
@@ -118,15 +119,25 @@ def export_and_deploy(config_path: str | None, version: str, snapshot_id: str, r
         print(f"export: no variant passed the parity gate ({exported.selection_reason}); champion keeps serving")
         return {"outcome": "rejected", "reason": f"export: {exported.selection_reason}",
                 "export": str(exported.out_dir)}
-    server.start(config)
-    deploy.reload_routes(config)
     test_texts = list(snapshot.split("test")["text"])
-    result = deploy.deploy(config, exported.out_dir, test_texts, version=version, run_id=run_id)
-    print(f"deploy {result.route.ensemble}: {result.outcome} ({result.reason})")
-    if result.outcome == "promoted":
-        monitor.save_champion_reference(config, version, snapshot)
+    # One promotion at a time: a `ftops deploy` / `rollback` by hand waits for this one. The
+    # export above stays outside the lock (minutes of work that moves nothing).
+    with lock.promotion_lock(config, f"lifecycle export_and_deploy v{version}"):
+        server.start(config)
+        deploy.reload_routes(config)
+        result = deploy.deploy(config, exported.out_dir, test_texts, version=version, run_id=run_id)
+        print(f"deploy {result.route.ensemble}: {result.outcome} ({result.reason})")
+        unfinished = list(result.unfinished)
+        if result.outcome == deploy.PROMOTED and not unfinished:
+            try:
+                monitor.save_champion_reference(config, version, snapshot)
+            except Exception as exc:  # noqa: BLE001 - it serves; `ftops reconcile` builds the reference later
+                unfinished.append(f"the drift reference of v{version} was not saved ({exc}); `ftops reconcile` "
+                                  "builds it")
+    for item in unfinished:
+        print(f"unfinished: {item}")
     return {"outcome": result.outcome, "reason": result.reason, "export": str(exported.out_dir),
-            "variant": exported.selected, "load": result.load}
+            "variant": exported.selected, "load": result.load, "unfinished": unfinished}
 
 
 @flow(name="monitor_drift", log_prints=True, timeout_seconds=900)
@@ -138,19 +149,24 @@ def monitor_drift(config_path: str | None = None) -> dict:
 
     config = _config(config_path)
     result = monitor.check(config)
-    print(result.summary() if hasattr(result, "summary") else result)
-    out = result.as_dict() if hasattr(result, "as_dict") else {"result": str(result)}
+    print(f"{result.decision} (alert: {result.alert}, event: {result.event_state or '-'}): {result.reason}")
     pruned = retention.apply(config)
     print("retention: " + "; ".join(pruned.lines()))
-    return {**out, "retention": pruned.as_dict()}
+    figures = {"check_id": result.id, **{k: v for k, v in result.row().items() if k != "ts"}}
+    return {**json.loads(json.dumps(figures, default=str)), "retention": pruned.as_dict()}
 
 
 @flow(name="lifecycle", log_prints=True, timeout_seconds=4 * 3600)
 def lifecycle(config_path: str | None = None, reason: str = "manual") -> dict:
     """The whole chain, once. The deployment allows one run at a time (concurrency limit 1):
     a second trigger waits in the queue rather than interleaving with this one."""
+    from ftops.reconcile import reconcile
+
     logger = get_run_logger()
     logger.info("lifecycle started (%s), config %s", reason, config_path or "default")
+    # Serving, registry and drift reference agree before this run reads the champion.
+    for line in reconcile(_config(config_path)).lines():
+        logger.info("reconcile: %s", line)
     prepared = prepare_data(config_path)
     trained = train_candidates(config_path, prepared["snapshot"], prepared.get("parent_version"))
     decided = evaluate_and_decide(config_path, prepared["snapshot"], trained["best_run_id"])

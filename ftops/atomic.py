@@ -13,10 +13,14 @@ import os
 import tempfile
 from pathlib import Path
 
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)  # read once: mkstemp's files are 0600, a plain open() follows the umask
+DEFAULT_MODE = 0o666 & ~_UMASK
+
 
 def write_bytes(path: Path | str, data: bytes, mode: int | None = None) -> Path:
-    """Replace `path` with `data` atomically; `mode` (e.g. 0o600) is set before the rename,
-    so the content is never readable with looser permissions."""
+    """Replace `path` with `data` atomically; `mode` (e.g. 0o600; default: what open() would
+    give) is set before the rename, so the content is never readable with looser permissions."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -25,8 +29,7 @@ def write_bytes(path: Path | str, data: bytes, mode: int | None = None) -> Path:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        if mode is not None:
-            os.chmod(tmp, mode)
+        os.chmod(tmp, DEFAULT_MODE if mode is None else mode)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

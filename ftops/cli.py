@@ -328,22 +328,36 @@ def registry_ls(config: ConfigOption = None, project_dir: ProjectDirOption = Non
 @registry_app.command("promote")
 def registry_promote(version: Annotated[str, typer.Argument(help="Version number (3 or v3) or alias.")],
                      config: ConfigOption = None, project_dir: ProjectDirOption = None):
-    """Make a version the champion by hand; the former champion becomes `previous`."""
+    """Make a version the champion in the registry alone, for a project that serves nothing
+    yet; once a champion serves, what serves decides: `ftops deploy --version N`."""
     from ftops import registry
 
     cfg = _config(config, project_dir=project_dir)
+    _registry_only(cfg, f"ftops deploy --export <its export folder> --version {version.removeprefix('v')}")
     champion = registry.promote(cfg, version)
     out.print(f"champion is now version {champion.version}")
 
 
 @registry_app.command("rollback")
 def registry_rollback(config: ConfigOption = None, project_dir: ProjectDirOption = None):
-    """Swap champion and previous (a second rollback undoes the first)."""
+    """Swap champion and previous in the registry alone, for a project that serves nothing
+    yet; once a champion serves, `ftops rollback` moves serving and registry together."""
     from ftops import registry
 
     cfg = _config(config, project_dir=project_dir)
+    _registry_only(cfg, "ftops rollback")
     champion = registry.rollback(cfg)
     out.print(f"champion is now version {champion.version} (rolled back)")
+
+
+def _registry_only(cfg, instead: str) -> None:
+    """Registry aliases follow what serves (`ftops reconcile` moves them back), so a move of
+    the alias alone is refused once something serves."""
+    from ftops.serve import deploy
+
+    if "champion" in deploy.routing(cfg):
+        raise FtopsError(f"A champion serves for {cfg.project.name}: the registry follows what serves, so moving the "
+                         f"alias alone would be undone by `ftops reconcile`. Run `{instead}` instead.")
 
 
 # ---------------------------------------------------------------- serving
@@ -355,25 +369,26 @@ app.add_typer(serve_app, name="serve")
 
 @serve_app.command("up")
 def serve_up(config: ConfigOption = None, project_dir: ProjectDirOption = None):
-    """Start tritonserver (no-op if it runs) and reload the routed versions."""
-    from ftops.serve import deploy, server
+    """Start tritonserver (no-op if it runs) and reload the routed versions; the
+    supervisor keeps it up from now on."""
+    from ftops import services
+    from ftops.serve import server
 
     cfg = _config(config, project_dir=project_dir)
-    info = server.start(cfg)
-    loaded = deploy.reload_routes(cfg)
+    loaded = services.start_one(cfg, "triton", str(config) if config else None)
+    info = server.status(cfg)
     out.print(f"triton up: pid {info.pid}, http {info.http_url}, grpc {info.grpc_url}, "
               f"metrics {info.host}:{info.metrics_port}, log {info.log}")
-    for role, name in loaded.items():
-        out.print(f"  {role}: {name}")
+    out.print(f"  loaded: {loaded}")
 
 
 @serve_app.command("down")
 def serve_down(config: ConfigOption = None, project_dir: ProjectDirOption = None):
-    """Stop tritonserver by PID."""
-    from ftops.serve import server
+    """Stop tritonserver by PID; stopped on purpose, so the supervisor leaves it down."""
+    from ftops import services
 
     cfg = _config(config, project_dir=project_dir)
-    out.print("triton stopped" if server.stop(cfg) else "triton was not running")
+    out.print("triton stopped" if services.stop_one(cfg, "triton") else "triton was not running")
 
 
 @serve_app.command("status")
@@ -390,7 +405,7 @@ def serve_status(config: ConfigOption = None, project_dir: ProjectDirOption = No
     out.print(f"triton: pid {info.pid}, ready={server.ready(info)}, http {info.http_url}, grpc {info.grpc_url}")
     table = Table("model", "state", "route", title="repository")
     routes = {r.ensemble: role for role, r in deploy.routing(cfg).items()}
-    with TritonClient(info.url(cfg.serving.protocol), cfg.serving.protocol) as client:
+    with TritonClient.for_config(info.url(cfg.serving.protocol), cfg) as client:
         index = client.client.get_model_repository_index(as_json=True) if cfg.serving.protocol == "grpc" \
             else {"models": client.client.get_model_repository_index()}
     for entry in index.get("models", []):
@@ -412,19 +427,38 @@ def deploy_cmd(
     texts = list(_snapshot(cfg, snapshot).split("test")["text"])
     result = deploy.deploy(cfg, export, texts, version=version, variant=variant)
     print_deploy(result)
-    if result.outcome != "promoted":
+    if result.outcome == deploy.REJECTED:
         raise typer.Exit(1)
 
 
 def print_deploy(result) -> None:
-    colour = "green" if result.outcome == "promoted" else "red"
+    colour = {"promoted": "green", "unchanged": "yellow"}.get(result.outcome, "red")
     out.print(f"[bold {colour}]{result.outcome.upper()}[/] {result.route.ensemble} ({result.route.variant}): {result.reason}")
+    for item in getattr(result, "unfinished", []):
+        out.print(f"  [yellow]unfinished:[/] {item}")
     if result.load:
         load = result.load
         out.print(f"  load: {load['requests']} requests at concurrency {load['concurrency']}: "
                   f"{load['throughput']:.0f} req/s, p50 {load['p50_ms']:.1f} / p95 {load['p95_ms']:.1f} / "
                   f"p99 {load['p99_ms']:.1f} ms, errors {load['errors']}, server-side avg "
                   f"{(load['server_avg_ms'] or 0):.1f} ms; histogram {result.histogram}")
+
+
+@app.command("reconcile")
+def reconcile_cmd(
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only say what would change.")] = False,
+    config: ConfigOption = None, project_dir: ProjectDirOption = None,
+):
+    """Bring the registry aliases and the drift reference into agreement with what serves
+    (routing.json), e.g. after MLflow was down during a deploy; prints what it changed.
+    `ftops up` and every lifecycle run do it too. Exits 1 when something could not be fixed."""
+    from ftops.reconcile import reconcile
+
+    result = reconcile(_config(config, project_dir=project_dir), dry_run=dry_run)
+    for line in result.lines():
+        out.print(line)
+    if result.problems:
+        raise typer.Exit(1)
 
 
 @app.command("rollback")
@@ -479,7 +513,7 @@ def predict_cmd(texts: Annotated[list[str], typer.Argument(help="Texts to classi
     info = server.status(cfg)
     if info is None:
         raise ServingError("Triton is not running for this project. Start it with `ftops serve up`.")
-    with TritonClient(info.url(cfg.serving.protocol), cfg.serving.protocol, cfg.serving.request_timeout_s) as client:
+    with TritonClient.for_config(info.url(cfg.serving.protocol), cfg) as client:
         for text, pred in zip(texts, client.classify(texts, deploy.champion_model(cfg))):
             out.print(f"{pred.label:>10} {pred.confidence:.3f}  {text}")
 
@@ -566,7 +600,7 @@ def up_cmd(config: ConfigOption = None, project_dir: ProjectDirOption = None):
     from ftops import services
 
     cfg = _config(config, project_dir=project_dir)
-    print_services(services.up(cfg, str(config) if config else None))
+    print_services(services.up(cfg, str(config) if config else None, say=out.print))
 
 
 @app.command("down")
@@ -607,11 +641,15 @@ def _print_log_health(cfg) -> None:
 
 
 def print_services(rows) -> None:
-    table = Table("service", "state", "url", "pid", "log", title="services")
+    table = Table("service", "state", "url", "pid", "restarts", "log", title="services")
     for row in rows:
         colour = "green" if row.state == "up" else "red"
-        table.add_row(row.name, f"[{colour}]{row.state}[/]", row.url, str(row.pid or ""), row.log or "")
+        table.add_row(row.name, f"[{colour}]{row.state}[/]", row.url, str(row.pid or ""), str(row.restarts or ""),
+                      row.log or "")
     out.print(table)
+    for row in rows:
+        if row.restarts or row.state == "failed":
+            out.print(f"{row.name}: {row.restarts} restart(s), last {row.last_restart or '-'}: {row.last_reason or '-'}")
 
 
 # ---------------------------------------------------------------- gateway, online A/B
@@ -631,12 +669,15 @@ def gateway_up(
     ab_share: Annotated[float | None, typer.Option(help="Share sent to the challenger under ab (serving.ab_share).")] = None,
     config: ConfigOption = None, project_dir: ProjectDirOption = None,
 ):
-    """Start the gateway in the background (no-op if it runs); stop it with `ftops gateway down`."""
+    """Start the gateway in the background (no-op if it runs); stop it with `ftops gateway down`.
+    The supervisor restarts it with the project's config: flags given here last until then."""
+    from ftops import services
     from ftops.serve import gateway
 
     cfg = _config(config, {"serving.gateway_port": port, "serving.traffic": traffic,
                            "serving.ab_share": ab_share}, project_dir)
-    info = gateway.start(cfg)
+    services.start_one(cfg, "gateway", str(config) if config else None)
+    info = gateway.status(cfg)
     out.print(f"gateway up: pid {info.pid}, {info.url}, log {info.log}")
     _print_health(gateway.probe(info.url))
 
@@ -657,11 +698,12 @@ def _print_health(answer) -> None:
 
 @gateway_app.command("down")
 def gateway_down(config: ConfigOption = None, project_dir: ProjectDirOption = None):
-    """Stop the gateway by PID (in-flight requests finish and the log is flushed first)."""
-    from ftops.serve import gateway
+    """Stop the gateway by PID (in-flight requests finish and the log is flushed first);
+    stopped on purpose, so the supervisor leaves it down."""
+    from ftops import services
 
     cfg = _config(config, project_dir=project_dir)
-    out.print("gateway stopped" if gateway.stop(cfg) else "gateway was not running")
+    out.print("gateway stopped" if services.stop_one(cfg, "gateway") else "gateway was not running")
 
 
 @gateway_app.command("status")
@@ -751,10 +793,11 @@ def print_ab_report(report: dict, rows: int) -> None:
         section = report[name]
         if section is None:
             continue
-        table = Table("arm", "requests", "n feedback", "accuracy [CI]", "macro-F1 [CI]", "p50 ms", "p99 ms", "models",
-                      title=title)
+        table = Table("arm", "requests", "fell back", "n feedback", "accuracy [CI]", "macro-F1 [CI]", "p50 ms",
+                      "p99 ms", "models", title=title)
         for arm, row in section["arms"].items():
-            table.add_row(arm, str(row["requests"]), str(row["n"]), _with_ci(row, "accuracy"), _with_ci(row, "macro_f1"),
+            table.add_row(arm, str(row["requests"]), str(row.get("fallbacks") or 0), str(row["n"]),
+                          _with_ci(row, "accuracy"), _with_ci(row, "macro_f1"),
                           _num1(row["p50_ms"]), _num1(row["p99_ms"]), ", ".join(row["models"]))
         out.print(table)
         test = section["test"]
@@ -832,7 +875,8 @@ def print_check(result) -> None:
     if result.report_path:
         out.print(f"report: {result.report_path}")
     if result.alert:
-        sent = "sent" if result.event_sent else "[red]NOT sent (no Prefect server)[/]"
+        sent = "sent" if result.event_sent else \
+            "[red]not delivered yet[/] (pending: re-sent by the next check, the supervisor or `ftops up`)"
         out.print(f"event ftops.drift.detected: {sent}")
 
 
@@ -853,7 +897,7 @@ def monitor_history(
                   title=f"drift checks of {cfg.project.name}")
     for c in checks:
         top = ", ".join(s.name for s in c.top(3) if s.drifted) or "-"
-        event = "-" if c.event_sent is None else ("sent" if c.event_sent else "not sent")
+        event = c.event_state or ("-" if c.event_sent is None else ("sent" if c.event_sent else "not sent"))
         table.add_row(str(c.id), f"{c.ts:%Y-%m-%d %H:%M:%S}", str(c.window_size),
                       "-" if c.drifted_share is None else f"{c.drifted_share:.2f}", c.decision,
                       "[red]yes[/]" if c.alert else "no", event, top)
@@ -866,20 +910,21 @@ def monitor_ui_up(
     config: ConfigOption = None, project_dir: ProjectDirOption = None,
 ):
     """Start the Evidently UI in the background (no-op if it runs) and wait until it answers."""
-    from ftops import monitor
+    from ftops import monitor, services
 
     cfg = _config(config, {"monitoring.ui_port": port}, project_dir)
-    info = monitor.ui_start(cfg)
+    services.start_one(cfg, "evidently", str(config) if config else None)
+    info = monitor.ui_status(cfg)
     out.print(f"evidently ui up: {info.url} (pid {info.pid}, workspace {info.workspace}, log {info.log})")
 
 
 @monitor_ui_app.command("down")
 def monitor_ui_down(config: ConfigOption = None, project_dir: ProjectDirOption = None):
-    """Stop the Evidently UI by PID."""
-    from ftops import monitor
+    """Stop the Evidently UI by PID; stopped on purpose, so the supervisor leaves it down."""
+    from ftops import services
 
     cfg = _config(config, project_dir=project_dir)
-    out.print("evidently ui stopped" if monitor.ui_stop(cfg) else "evidently ui was not running")
+    out.print("evidently ui stopped" if services.stop_one(cfg, "evidently") else "evidently ui was not running")
 
 
 @monitor_ui_app.command("status")

@@ -327,6 +327,8 @@ class SupervisorSection(Section):
     interval_s: float = Field(2.0, gt=0, description="how often every service is checked")
     max_restarts: int = Field(5, ge=1, description="restarts of one service within window_s before it is left down")
     window_s: float = Field(600.0, gt=0, description="the window max_restarts counts in")
+    unready_s: float = Field(30.0, gt=0, description=(
+        "a running Triton that is not ready (and neither is the champion) this long is restarted"))
 
 
 class UrisSection(Section):

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
-from ftops import corpora
+from ftops import atomic, corpora
 from ftops.config import Config, DataSection, FeedbackSection
 from ftops.errors import DataError
 
@@ -512,9 +512,7 @@ def _to_parquet(frame: pd.DataFrame, target: Path) -> None:
 
 
 def _write_pointer(path: Path, value: str) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(value + "\n")
-    os.replace(tmp, path)
+    atomic.write_text(path, value + "\n")
 
 
 def load_snapshot(root: Path, snapshot_id: str | None = None) -> Snapshot:

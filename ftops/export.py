@@ -23,6 +23,11 @@ The parity reference is the PyTorch model as trained (adapters unmerged, its own
 and the variants are fed by the EXPORTED tokenizer.json, so the gate covers the merge, the
 export and the tokenizer file that serving will use.
 
+Writing: the folder is built as `.<name>.<pid>-<id>.partial` beside the final one (manifest
+last, every file fsynced) and renamed into place only when complete, so a crash or a full
+disk never leaves a folder with an export.json that is not a finished export; the partial
+folder is removed on failure (and, after a kill, by the next export into the same parent).
+
 Determinism: re-exporting the same model gives a byte-identical fp32 file (the legacy
 exporter names nodes and initializers deterministically, and merged LoRA weights are a
 deterministic sum); tests check it. Quantised files also depend on the calibration texts.
@@ -30,6 +35,7 @@ deterministic sum); tests check it. Quantised files also depend on the calibrati
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -37,6 +43,7 @@ import shutil
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
@@ -46,6 +53,7 @@ from typing import Any
 
 import numpy as np
 
+from ftops import atomic
 from ftops.config import GatesSection
 from ftops.errors import FtopsError
 
@@ -68,6 +76,8 @@ BATCH_SIZE = 32          # parity batches and the batch-32 throughput figure
 SPEED_TEXTS = 200        # batch-1 latency texts (as decide.LATENCY_TEXTS)
 INVARIANCE_TEXTS = 64    # texts run alone and inside one mixed-length batch
 WARMUP = 10
+PARTIAL = ".partial"      # suffix of an export folder being written
+LOW_SPACE_BYTES = 1 << 20  # a failure with less free space than this is taken for a full disk
 
 
 class ExportError(FtopsError):
@@ -167,32 +177,111 @@ def export_model(source_folder: Path, out_dir: Path, calibration_texts: list[str
     on `parity_texts` (true label ids `parity_labels`), time them, select one, write the
     manifest, and log to MLflow when a run is active or `run_id` is given."""
     gates = gates or GatesSection()
-    say = progress or (lambda line: None)
     names = list(variants or VARIANTS)
     out_dir = Path(out_dir)
     check_request(names, parity_texts, parity_labels, out_dir)
-    threads = threads or os.cpu_count() or 1
-
-    model, tokenizer, labels = load_source(Path(source_folder))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_tokenizer(tokenizer, Path(source_folder), out_dir, max_length)
-    (out_dir / LABELS_FILE).write_text(json.dumps(labels))
-    # The reference is the model as trained (adapters unmerged), so the gate covers the merge too.
-    reference = make_reference(model, tokenizer, out_dir / "tokenizer.json", parity_texts,
-                               parity_labels, len(labels), max_length)
-    calibration = encode_each(out_dir / "tokenizer.json", calibration_texts)
-    reports = build_variants(prepare_for_onnx(model), tokenizer, out_dir, names, calibration, say)
-    del model  # the reference logits are all the gate needs from here on
-
-    gate_and_time(reports, out_dir, reference, gates, threads, say)
-    selected, why = select(reports, gates)
-    say(f"selected: {selected or 'none'} ({why})")
-    result = ExportResult(out_dir, labels, max_length, reports, selected, why,
-                          {"macro_f1": reference.macro_f1, "n_texts": len(parity_texts)}, dict(source or {}))
-    write_model_card(result)
-    write_manifest(result, gates, threads)
+    with staged(out_dir) as work:
+        result = build_export(Path(source_folder), work, calibration_texts, max_length, parity_texts, parity_labels,
+                              gates, dict(source or {}), names, threads or os.cpu_count() or 1,
+                              progress or (lambda line: None))
+    result.out_dir = out_dir
     log_to_mlflow(result, run_id)
     return result
+
+
+def build_export(source_folder: Path, work: Path, calibration_texts: list[str], max_length: int,
+                 parity_texts: list[str], parity_labels: Sequence[int], gates: GatesSection, source: dict[str, Any],
+                 names: list[str], threads: int, say: Callable[[str], None]) -> ExportResult:
+    """Everything of an export written into `work`, the manifest last."""
+    model, tokenizer, labels = load_source(source_folder)
+    write_tokenizer(tokenizer, source_folder, work, max_length)
+    (work / LABELS_FILE).write_text(json.dumps(labels))
+    # The reference is the model as trained (adapters unmerged), so the gate covers the merge too.
+    reference = make_reference(model, tokenizer, work / "tokenizer.json", parity_texts,
+                               parity_labels, len(labels), max_length)
+    calibration = encode_each(work / "tokenizer.json", calibration_texts)
+    reports = build_variants(prepare_for_onnx(model), tokenizer, work, names, calibration, say)
+    del model  # the reference logits are all the gate needs from here on
+
+    gate_and_time(reports, work, reference, gates, threads, say)
+    selected, why = select(reports, gates)
+    say(f"selected: {selected or 'none'} ({why})")
+    result = ExportResult(work, labels, max_length, reports, selected, why,
+                          {"macro_f1": reference.macro_f1, "n_texts": len(parity_texts)}, source)
+    write_model_card(result)
+    write_manifest(result, gates, threads)
+    return result
+
+
+@contextmanager
+def staged(out_dir: Path):
+    """A fresh folder beside `out_dir` to write the export into, renamed to `out_dir` when the
+    block completes; on any failure it is removed, and a full disk becomes an ExportError that
+    names the folder."""
+    parent = out_dir.parent
+    work = parent / f".{out_dir.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}{PARTIAL}"
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        remove_abandoned(parent)
+        if out_dir.is_dir() and any(out_dir.iterdir()):
+            raise ExportError(f"{out_dir} exists and is not empty, but holds no finished export ({MANIFEST_FILE}). "
+                              "Choose a new folder, or delete that one first.")
+        work.mkdir()
+        yield work
+        sync_tree(work)
+        os.rename(work, out_dir)  # replaces an empty out_dir; readers see no export or a finished one
+    except BaseException as exc:
+        full = disk_full(exc, parent)
+        shutil.rmtree(work, ignore_errors=True)
+        if full:
+            free = shutil.disk_usage(parent).free if parent.exists() else 0
+            raise ExportError(
+                f"No space left on the device holding {parent} while exporting to {out_dir} ({free / 2**20:.1f} MiB "
+                f"free once the partial export was removed). Nothing was left that looks like an export; free space "
+                f"there (e.g. old export folders no route serves) or export to another folder. "
+                f"({str(exc).strip()[:200]})") from exc
+        raise
+
+
+def remove_abandoned(parent: Path) -> list[Path]:
+    """Partial export folders whose writer is gone (killed mid-export); the ones removed."""
+    import psutil
+
+    removed = []
+    for folder in parent.glob(f".*{PARTIAL}"):
+        pid = folder.name.removesuffix(PARTIAL).rsplit(".", 1)[-1].split("-", 1)[0]
+        if folder.is_dir() and pid.isdigit() and not psutil.pid_exists(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
+def sync_tree(folder: Path) -> None:
+    """fsync every file and folder, so the rename publishes bytes that are on disk."""
+    for path in sorted(folder.rglob("*"), key=lambda p: len(p.parts), reverse=True) + [folder]:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def disk_full(exc: BaseException, folder: Path) -> bool:
+    """ENOSPC / EDQUOT in the chain, a library's text for it (torch and onnx raise RuntimeError),
+    or a failure that left almost no space on the folder's device."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if any(t in str(seen).lower() for t in ("no space left", "disk quota exceeded", "disk is full")):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    if isinstance(exc, (KeyboardInterrupt, ExportError)):
+        return False
+    try:
+        return shutil.disk_usage(folder).free < LOW_SPACE_BYTES
+    except OSError:
+        return False
 
 
 def check_request(names: list[str], parity_texts: list[str], parity_labels: Sequence[int], out_dir: Path) -> None:
@@ -457,6 +546,8 @@ def build_variants(model, tokenizer, out_dir: Path, names: list[str], calibratio
         except Unsupported as exc:
             reports[name] = VariantReport(name, SKIPPED, str(exc), exact=variant.exact)
         except Exception as exc:  # recorded, not raised: one broken variant must not sink the export
+            if disk_full(exc, out_dir):
+                raise  # ... but a full disk sinks every variant after it: the export fails as a whole
             reports[name] = VariantReport(name, ERROR, f"{type(exc).__name__}: {exc}"[:500], exact=variant.exact)
         else:
             reports[name] = built_report(variant, out_dir, target, time.perf_counter() - started, notes)
@@ -766,7 +857,7 @@ def write_manifest(result: ExportResult, gates: GatesSection, threads: int) -> d
         "versions": {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__},
         "files": file_hashes(result.out_dir),
     }
-    (result.out_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
+    atomic.write_text(result.out_dir / MANIFEST_FILE, json.dumps(manifest, indent=2), mode=0o644)
     return manifest
 
 

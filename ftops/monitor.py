@@ -20,13 +20,27 @@ on its own; label drift is scored and shown, not voted. An alert needs that in
 prediction-log database, so history, persistence and cooldown survive restarts. Outputs: an
 HTML report per check, a snapshot in the Evidently workspace (dashboard panels per project),
 and on an alert the Prefect event `ftops.drift.detected` that starts retraining.
+
+Alert delivery: a check is stored first (an alert as `event_state='pending'`), then the event
+goes out, then the row is marked `sent`; a check that cannot be stored sends nothing. Only a
+delivered alert starts the cooldown. An undelivered one stays pending and is re-sent by the
+next check and by `resend_pending` (`ftops up`, the supervisor): only the newest pending
+alert of the project goes out (older ones become `superseded`: one retraining per episode),
+and a sender first claims the row (`sending`) with a conditional UPDATE, so two processes
+never both send; a claim older than CLAIM_STALE_S (its sender died) is pending again.
+
+Without MLflow: the champion's reference is cached in `monitoring/reference/` with an index
+(`champion.json`: the champion's version and the run of every cached version), so a check
+runs from the cache when the registry does not answer (and says so in its reason).
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -42,10 +56,12 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import JSON, Boolean, Column, DateTime, Float, Integer, MetaData, String, Table, Text, select
+from sqlalchemy import (JSON, Boolean, Column, DateTime, Float, Integer, MetaData, String, Table, Text, exists,
+                        func, inspect, or_, select, text, update)
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError, ProgrammingError, SQLAlchemyError
 
-from ftops import predlog, procs
+from ftops import atomic, predlog, procs
 from ftops.config import Config
 from ftops.errors import FtopsError
 
@@ -54,6 +70,7 @@ log = logging.getLogger("ftops.monitor")
 EVENT = "ftops.drift.detected"
 REFERENCE_DIR = "reference"
 REFERENCE_FILE = "reference.parquet"
+REFERENCE_INDEX = "champion.json"  # the champion's version and the run of every cached reference
 TEXT, PREDICTION, CONFIDENCE, LABEL, EMBEDDING = "text", "prediction", "confidence", "label", "embedding"
 DESCRIPTORS = ("text_length", "word_count", "non_letter_share", "upper_share")
 CONTENT_SIGNALS = (TEXT, EMBEDDING)  # domain classifiers: ROC AUC, compared with strong_auc
@@ -61,6 +78,9 @@ TEXT_METHOD = "abs_text_content_drift"
 UI_READY_TIMEOUT_S = 60.0
 ANY_REFERENCE = "*"  # recent_checks: checks against any reference version
 SEED = 13
+PENDING, SENDING, SENT, SUPERSEDED = "pending", "sending", "sent", "superseded"  # drift_checks.event_state
+REPORT_MODE = 0o644  # what open() gave before the writes became atomic (a temp file starts 0600)
+CLAIM_STALE_S = 300.0  # a `sending` claim this old lost its sender: pending again
 
 Embedder = Callable[[list[str]], np.ndarray]
 
@@ -90,20 +110,64 @@ drift_checks = Table(
     Column("decision", String(16), nullable=False),        # drift | no_drift | too_small
     Column("alert", Boolean, nullable=False),
     Column("reason", Text, nullable=False),
-    Column("event_sent", Boolean, nullable=True),          # None: no alert, so no event
+    Column("event_sent", Boolean, nullable=True),          # None: no alert, so no event; True: delivered
     Column("report_path", Text, nullable=True),
     Column("snapshot_id", String(64), nullable=True),
     Column("seconds", Float, nullable=True),
+    Column("event_state", String(16), nullable=True),      # pending | sending | sent | superseded
+    Column("event_claimed_at", DateTime(timezone=True), nullable=True),  # wall clock of a sender's claim
+    Column("event_sent_at", DateTime(timezone=True), nullable=True),     # delivery: the cooldown starts here
+    Column("event_attempts", Integer, nullable=True),
 )
+ADDED_COLUMNS = ("event_state", "event_claimed_at", "event_sent_at", "event_attempts")  # newer than the table
 
 
 def checks_engine(config: Config) -> Engine:
-    """The prediction-log database, with `drift_checks` created beside `predictions`."""
+    """The prediction-log database, with `drift_checks` created beside `predictions` (and the
+    newer columns added to an older table); every wait on it is bounded by timeouts.database_s."""
     cfg = config.resolved()
     cfg.project.dir.mkdir(parents=True, exist_ok=True)  # the embedded SQLite file lives there
-    eng = predlog.engine(cfg.uris.prediction_log)
-    _metadata.create_all(eng)
+    url = cfg.uris.prediction_log
+    try:
+        eng = predlog.engine(url, timeout_s=cfg.timeouts.database_s)
+        try:
+            _metadata.create_all(eng)
+        except (OperationalError, ProgrammingError):  # another process created it between check and create
+            _metadata.create_all(eng)
+        _add_columns(eng)
+    except SQLAlchemyError as exc:
+        raise _store_error(cfg, "opening the check store", exc) from exc
     return eng
+
+
+def _add_columns(eng: Engine) -> None:
+    """A `drift_checks` table from an older release lacks the delivery columns: add them (each
+    nullable, only ever added, so one ALTER TABLE per column is the whole migration)."""
+    present = {c["name"] for c in inspect(eng).get_columns(drift_checks.name)}
+    for name in ADDED_COLUMNS:
+        if name in present:
+            continue
+        column = drift_checks.c[name]
+        try:
+            with eng.begin() as conn:
+                conn.execute(text(f"ALTER TABLE {drift_checks.name} ADD COLUMN {name} "
+                                  f"{column.type.compile(eng.dialect)}"))
+        except (OperationalError, ProgrammingError):  # another process added it first
+            if name not in {c["name"] for c in inspect(eng).get_columns(drift_checks.name)}:
+                raise
+
+
+def _safe_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - only for a message
+        return "the prediction-log database"
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(getattr(exc, "orig", None) or exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 # ---------------------------------------------------------------- results
@@ -153,6 +217,8 @@ class CheckResult:
     snapshot_id: str | None = None
     event_sent: bool | None = None
     seconds: float | None = None
+    event_state: str | None = None        # pending | sending | sent | superseded (None: no alert)
+    event_sent_at: datetime | None = None
     id: int | None = None
 
     @property
@@ -175,6 +241,8 @@ class CheckResult:
     def from_row(cls, row: dict[str, Any]) -> CheckResult:
         values = {k: row[k] for k in cls.__dataclass_fields__ if k in row and k != "signals"}
         values["ts"] = _utc(row["ts"])
+        if values.get("event_sent_at") is not None:
+            values["event_sent_at"] = _utc(values["event_sent_at"])
         values["signals"] = {name: Signal(**s) for name, s in (row["scores"] or {}).items()}
         return cls(**values)
 
@@ -248,15 +316,19 @@ def add_embeddings(reference: pd.DataFrame, embed: Embedder, sample: int, seed: 
 
 
 def save_reference(config: Config, run_id: str, frame: pd.DataFrame) -> str:
-    """Log the reference as `reference/reference.parquet` on the model's training run; the URI."""
+    """Log the reference as `reference/reference.parquet` on the model's training run (and keep
+    it in the local cache, so the monitor has it when MLflow is down); the URI."""
     from ftops import registry
 
     _require_columns(frame, (TEXT, PREDICTION, CONFIDENCE), "reference")
     mlflow_client = registry.client(config)
-    with tempfile.TemporaryDirectory(prefix="ftops-reference-") as folder:
+    cache = _cache_file(config, run_id)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".ftops-reference-", dir=cache.parent) as folder:
         path = Path(folder) / REFERENCE_FILE
         _to_parquet(frame, path)
         mlflow_client.log_artifact(run_id, str(path), REFERENCE_DIR)
+        os.replace(path, cache)  # same folder: the cached file is whole or absent
     return f"{mlflow_client.get_run(run_id).info.artifact_uri}/{REFERENCE_DIR}/{REFERENCE_FILE}"
 
 
@@ -269,7 +341,9 @@ def save_champion_reference(config: Config, version: str, snapshot) -> str:
     model, tokenizer, labels = decide.load(decide.ModelRef(f"v{version}", registry.download(config, version), version))
     frame = build_reference(model, tokenizer, labels, snapshot.split("validation"), config.model.max_length,
                             embedding_sample=config.monitoring.embedding_sample)
-    return save_reference(config, version_info.run_id, frame)
+    uri = save_reference(config, version_info.run_id, frame)
+    _remember(config, version_info.version, version_info.run_id, champion=True)
+    return uri
 
 
 def _to_parquet(frame: pd.DataFrame, path: Path) -> None:
@@ -280,17 +354,117 @@ def _to_parquet(frame: pd.DataFrame, path: Path) -> None:
 
 
 def load_reference(config: Config, version: str | None = None) -> pd.DataFrame:
-    """The reference of a registry version (default: the champion), cached in the project."""
-    from ftops import registry
-
+    """The reference of a registry version (default: the champion), cached in the project.
+    When MLflow does not answer, the version comes from the serving route or the local index
+    and the frame from the cache; `attrs["note"]` then says so."""
     cfg = config.resolved()
-    found = registry.get(cfg, version or registry.CHAMPION)
-    cache = monitoring_dir(cfg) / REFERENCE_DIR / f"{found.run_id}.parquet"
+    try:
+        found = _registry_version(cfg, version)
+    except _RegistryDown as down:
+        return _cached_reference(cfg, version, str(down))
+    cache = _cache_file(cfg, found.run_id)
     if not cache.is_file():
         _download_reference(cfg, found, cache)
+    _remember(cfg, found.version, found.run_id, champion=version is None)
     frame = pd.read_parquet(cache)
     frame.attrs["version"] = found.version
     return frame
+
+
+class _RegistryDown(Exception):
+    """MLflow did not answer (as opposed to answering that a version does not exist)."""
+
+
+def _registry_version(config: Config, version: str | None):
+    """registry.get, asked only after a health probe: a down tracking server costs one refused
+    (or timeouts.mlflow_s-bounded) probe, not the client's retries with backoff."""
+    from ftops import registry
+
+    reachable, why = mlflow_reachable(config)
+    if not reachable:
+        raise _RegistryDown(why)
+    try:
+        return registry.get(config, version or registry.CHAMPION)
+    except registry.RegistryError:
+        reachable, why = mlflow_reachable(config)  # the client turns a dropped connection into "no version"
+        if not reachable:
+            raise _RegistryDown(why) from None
+        raise
+    except Exception as exc:  # noqa: BLE001 - any failure to talk to the store is "down" here
+        raise _RegistryDown(f"{type(exc).__name__}: {_first_line(exc)}") from exc
+
+
+def mlflow_reachable(config: Config) -> tuple[bool, str]:
+    """(answers, why not), from tracking.unreachable."""
+    from ftops import tracking
+
+    why = tracking.unreachable(config)
+    return why is None, why or ""
+
+
+def _cached_reference(config: Config, version: str | None, why: str) -> pd.DataFrame:
+    """The cached reference of `version` (default: the champion as routed, else as last seen)."""
+    index = _read_index(config)
+    wanted = (version or _routed_champion(config) or index.get("champion") or "").removeprefix("v")
+    run_id = index.get("versions", {}).get(wanted)
+    cache = _cache_file(config, run_id) if run_id else None
+    if cache is None or not cache.is_file():
+        raise MonitorError(
+            f"MLflow does not answer ({why}) and no reference of "
+            f"{'version ' + wanted if wanted else 'the champion'} is cached in {_reference_dir(config)}, so "
+            "there is nothing to compare traffic with. Start MLflow (`ftops up`) and check again; the "
+            "reference is cached by the first check that reaches it.")
+    frame = pd.read_parquet(cache)
+    frame.attrs["version"] = wanted
+    frame.attrs["note"] = f"MLflow unreachable ({why}): used the cached reference of v{wanted}"
+    log.warning("drift check of %s: %s", config.project.name, frame.attrs["note"])
+    return frame
+
+
+def _routed_champion(config: Config) -> str | None:
+    """The version the champion route serves (what the logged traffic comes from), if any."""
+    try:
+        from ftops.serve import deploy
+
+        route = deploy.routing(config).get("champion")
+    except Exception as exc:  # noqa: BLE001 - a missing or unreadable route falls back to the index
+        log.debug("no champion route readable: %s", exc)
+        return None
+    return str(route.version) if route is not None and route.version else None
+
+
+def _reference_dir(config: Config) -> Path:
+    return monitoring_dir(config) / REFERENCE_DIR
+
+
+def _cache_file(config: Config, run_id: str) -> Path:
+    return _reference_dir(config) / f"{run_id}.parquet"
+
+
+def _read_index(config: Config) -> dict:
+    path = _reference_dir(config) / REFERENCE_INDEX
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _remember(config: Config, version: str, run_id: str, champion: bool) -> None:
+    """Record version -> run (and the champion) in the index; a failure here costs only the
+    MLflow-free fallback, so it is logged, never raised."""
+    from filelock import FileLock
+
+    folder = _reference_dir(config)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(folder / f".{REFERENCE_INDEX}.lock"), timeout=30):
+            index = _read_index(config)
+            versions = {**index.get("versions", {}), str(version): run_id}
+            new = {"champion": str(version) if champion else index.get("champion"), "versions": versions}
+            if new != index:
+                atomic.write_text(folder / REFERENCE_INDEX, json.dumps(new, indent=2), mode=REPORT_MODE)
+    except Exception as exc:  # noqa: BLE001 - the index is a cache
+        log.warning("could not update the reference index in %s: %s", folder, exc)
 
 
 def _download_reference(config: Config, version, target: Path) -> None:
@@ -301,7 +475,7 @@ def _download_reference(config: Config, version, target: Path) -> None:
 
     tracking.use_project(config)
     target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="ftops-reference-") as folder:
+    with tempfile.TemporaryDirectory(prefix=".ftops-reference-", dir=target.parent) as folder:
         try:
             path = mlflow.artifacts.download_artifacts(run_id=version.run_id, dst_path=folder,
                                                        artifact_path=f"{REFERENCE_DIR}/{REFERENCE_FILE}")
@@ -311,7 +485,7 @@ def _download_reference(config: Config, version, target: Path) -> None:
                 f"artifact {REFERENCE_DIR}/{REFERENCE_FILE}, so there is nothing to compare traffic with. "
                 "Log it with ftops.monitor.save_reference(config, run_id, build_reference(...)) after "
                 "training, or pass a reference frame to the check.") from None
-        Path(path).replace(target)
+        os.replace(path, target)  # same filesystem: whole or absent
 
 
 def current_window(config: Config, eng: Engine | None = None, now: datetime | None = None) -> pd.DataFrame:
@@ -580,7 +754,9 @@ def recent_checks(eng: Engine, project: str, before: datetime, limit: int | None
 def should_alert(config: Config, eng: Engine, drift: bool, now: datetime,
                  reference_version: str | None = None) -> tuple[bool, str]:
     """Persistence (hits in the last windows against the same reference, this one included) and
-    cooldown after any alert of the project (a new champion does not restart the clock)."""
+    cooldown after the project's last DELIVERED alert, from its delivery (a new champion does
+    not restart the clock; an alert that never reached Prefect started no retraining, so it
+    starts no cooldown either)."""
     monitoring = config.monitoring
     project = config.project.name
     earlier = recent_checks(eng, project, now, limit=monitoring.persistence_windows - 1,
@@ -592,14 +768,28 @@ def should_alert(config: Config, eng: Engine, drift: bool, now: datetime,
     if hits < monitoring.persistence_hits:
         return False, (f"drift in {hits} of the last {seen} checks; an alert needs "
                        f"{monitoring.persistence_hits} of {monitoring.persistence_windows}")
-    last_alert = recent_checks(eng, project, now, limit=1, alerts_only=True)
-    if last_alert:
-        alerted = _utc(last_alert[0]["ts"])
+    alerted = last_delivered(eng, project, now)
+    if alerted is not None:
         until = alerted + timedelta(hours=monitoring.cooldown_hours)
         if now < until:
-            return False, (f"drift in {hits} of the last {seen} checks, but the last alert ({alerted:%Y-%m-%d %H:%M} "
-                           f"UTC) is in cooldown until {until:%Y-%m-%d %H:%M} UTC")
+            return False, (f"drift in {hits} of the last {seen} checks, but the last delivered alert "
+                           f"({alerted:%Y-%m-%d %H:%M} UTC) is in cooldown until {until:%Y-%m-%d %H:%M} UTC")
     return True, f"drift in {hits} of the last {seen} checks: alert"
+
+
+def _delivered_at():
+    """When an alert reached Prefect (rows from before delivery tracking: their check time)."""
+    return func.coalesce(drift_checks.c.event_sent_at, drift_checks.c.ts)
+
+
+def last_delivered(eng: Engine, project: str, now: datetime) -> datetime | None:
+    """Delivery time of the project's last alert delivered at or before `now`."""
+    when = _delivered_at()
+    query = (select(when).where(drift_checks.c.project == project, drift_checks.c.event_sent.is_(True), when <= now)
+             .order_by(when.desc()).limit(1))
+    with eng.connect() as conn:
+        found = conn.execute(query).scalar()
+    return None if found is None else _utc(found)
 
 
 # ---------------------------------------------------------------- outputs
@@ -629,18 +819,37 @@ def prune_reports(config: Config) -> int:
 
 
 def write_html(snapshots: list, path: Path) -> Path:
-    """One self-contained HTML page (Evidently inlines its JS) for all of a check's snapshots."""
+    """One self-contained HTML page (Evidently inlines its JS) for all of a check's snapshots,
+    written atomically: a full disk or a kill leaves no half page."""
     if len(snapshots) == 1:
-        snapshots[0].save_html(str(path))  # save_html writes nothing when given a Path
-        return path
+        return atomic.write_text(path, snapshots[0].get_html_str(as_iframe=False), mode=REPORT_MODE)
     from evidently.core.metric_types import render_widgets
     from evidently.legacy.renderers.html_widgets import group_widget
 
     titles = ["", *["Embedding drift (sampled, PCA)"] * (len(snapshots) - 1)]
     widgets = [group_widget(title=t, widgets=s._widgets) for t, s in zip(titles, snapshots)]
     tests = [w for s in snapshots for w in s._tests_widgets]
-    path.write_text(render_widgets(widgets + tests, as_iframe=False), encoding="utf-8")
-    return path
+    return atomic.write_text(path, render_widgets(widgets + tests, as_iframe=False), mode=REPORT_MODE)
+
+
+def disk_full(exc: BaseException) -> bool:
+    """ENOSPC / EDQUOT anywhere in the chain, or a library's text for it (SQLite, onnx)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if any(t in str(seen).lower() for t in ("no space left", "disk is full", "disk quota exceeded")):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _no_space(folder: Path, what: str, exc: BaseException) -> MonitorError:
+    free = shutil.disk_usage(folder).free if folder.exists() else 0
+    return MonitorError(
+        f"No space left on the device holding {folder} ({free / 2**20:.1f} MiB free): {what}. Nothing "
+        f"half-written is left and the stored checks are intact; free space there (older reports: "
+        f"monitoring.keep_reports; `ftops prune`) and the next check runs normally. ({_first_line(exc)})")
 
 
 def workspace(config: Config):
@@ -730,18 +939,20 @@ def event_payload(result: CheckResult) -> dict[str, Any]:
         "window_size": result.window_size, "drifted_share": result.drifted_share,
         "scores": result.scores(), "drifted": [s.name for s in result.top(len(result.signals)) if s.drifted],
         "accuracy": result.accuracy, "macro_f1": result.macro_f1, "reason": result.reason,
-        "report": result.report_path, "checked_at": result.ts.isoformat(),
+        "report": result.report_path, "checked_at": result.ts.isoformat(), "check_id": result.id,
     }
 
 
-def emit_drift_event(config: Config, result: CheckResult, timeout: float = 10.0) -> bool:
+def emit_drift_event(config: Config, result: CheckResult, timeout: float | None = None) -> bool:
     """`ftops.drift.detected` on the Prefect server at uris.prefect_api; False (and a warning)
-    when none answers, so a check never fails for want of an orchestrator."""
+    when none answers within `timeout` (default timeouts.prefect_s), so a check never fails
+    for want of an orchestrator: the alert stays pending and is re-sent."""
     api_url = config.uris.prefect_api
-    if not prefect_reachable(api_url):
-        log.warning("drift alert for %s NOT sent: no Prefect server answers at %s (start one with "
-                    "`prefect server start --host 127.0.0.1`); the check is stored with event_sent=false",
-                    config.project.name, api_url)
+    timeout = config.timeouts.prefect_s if timeout is None else timeout
+    if not prefect_reachable(api_url, timeout):
+        log.warning("drift alert for %s NOT sent: no Prefect server answers at %s within %g s (start one with "
+                    "`ftops up`); it stays pending and is re-sent by the next check or `ftops up`",
+                    config.project.name, api_url, timeout)
         return False
     from prefect.events import emit_event
     from prefect.events.worker import EventsWorker
@@ -760,7 +971,7 @@ def emit_drift_event(config: Config, result: CheckResult, timeout: float = 10.0)
                                                 "prefect.resource.name": name},
                                payload=event_payload(result))
             pending = _drain(EventsWorker, timeout)
-    except Exception as exc:  # noqa: BLE001 - an unsent event is recorded, never fatal to the check
+    except Exception as exc:  # noqa: BLE001 - an unsent event stays pending, never fatal to the check
         log.warning("drift alert for %s: emitting the Prefect event to %s failed: %s", name, api_url, exc)
         return False
     if event is None or pending:
@@ -782,15 +993,135 @@ def _drain(worker, timeout: float) -> bool:
         return bool(pending)
 
 
+# ---------------------------------------------------------------- delivery: store, claim, send, mark
+
+
+def resend_pending(config: Config, now: datetime | None = None) -> int:
+    """Deliver the project's newest undelivered alert (older ones are superseded: one retraining
+    per episode); how many events went out (0 or 1). Safe to call from several processes at
+    once, and cheap when nothing is pending (`ftops up`, the supervisor)."""
+    cfg = config.resolved()
+    eng = checks_engine(cfg)
+    try:
+        return _deliver_pending(cfg, eng, _utc(now or datetime.now(UTC)))
+    except SQLAlchemyError as exc:
+        raise MonitorError(f"Could not re-send pending drift alerts: the check store ({_safe_url(cfg.uris.prediction_log)}) "
+                           f"failed: {_first_line(exc)}. Nothing was sent twice; retry when it answers.") from exc
+    finally:
+        eng.dispose()
+
+
+def pending_alerts(config: Config) -> list[CheckResult]:
+    """Undelivered alerts of the project (pending, or claimed by a sender), newest first."""
+    eng = checks_engine(config)
+    try:
+        query = (select(drift_checks).where(drift_checks.c.project == config.project.name,
+                                            drift_checks.c.event_state.in_((PENDING, SENDING)))
+                 .order_by(drift_checks.c.id.desc()))
+        with eng.connect() as conn:
+            return [CheckResult.from_row(dict(r._mapping)) for r in conn.execute(query)]
+    finally:
+        eng.dispose()
+
+
+def _stale_before() -> datetime:
+    return datetime.now(UTC) - timedelta(seconds=CLAIM_STALE_S)
+
+
+def _claimable():
+    """Pending, or claimed by a sender that has not finished in CLAIM_STALE_S (it died)."""
+    c = drift_checks.c
+    return or_(c.event_state == PENDING, (c.event_state == SENDING) & (c.event_claimed_at < _stale_before()))
+
+
+def _deliver_pending(cfg: Config, eng: Engine, now: datetime) -> int:
+    project = cfg.project.name
+    newest = _newest_claimable(eng, project)
+    if newest is None:
+        return 0
+    _set_state(eng, project, SUPERSEDED, drift_checks.c.id < newest["id"])
+    if _delivered_within_cooldown(cfg, eng, now):  # another sender delivered this episode meanwhile
+        _set_state(eng, project, SUPERSEDED, drift_checks.c.id == newest["id"])
+        return 0
+    claimed_at = _claim(cfg, eng, newest["id"], now)
+    if claimed_at is None:
+        return 0
+    return int(_send_claimed(cfg, eng, newest, claimed_at, now))
+
+
+def _newest_claimable(eng: Engine, project: str) -> dict | None:
+    query = (select(drift_checks).where(drift_checks.c.project == project, _claimable())
+             .order_by(drift_checks.c.id.desc()).limit(1))
+    with eng.connect() as conn:
+        row = conn.execute(query).first()
+    return None if row is None else dict(row._mapping)
+
+
+def _set_state(eng: Engine, project: str, state: str, which) -> int:
+    """Claimable rows of the project matching `which` become `state` (a row a live sender
+    holds is left alone); how many."""
+    with eng.begin() as conn:
+        return conn.execute(update(drift_checks).where(drift_checks.c.project == project, _claimable(), which)
+                            .values(event_state=state, event_claimed_at=None)).rowcount
+
+
+def _delivered_within_cooldown(cfg: Config, eng: Engine, now: datetime) -> bool:
+    alerted = last_delivered(eng, cfg.project.name, now)
+    return alerted is not None and now < alerted + timedelta(hours=cfg.monitoring.cooldown_hours)
+
+
+def _claim(cfg: Config, eng: Engine, row_id: int, now: datetime) -> datetime | None:
+    """Mark the row `sending`, only if it is still claimable, no other row of the project is
+    being sent, and no alert was delivered within the cooldown: one UPDATE, so of several
+    processes exactly one sees rowcount 1 (SQLite serialises writers; PostgreSQL re-checks
+    the WHERE on the locked row). The claim's time, or None when another sender has it."""
+    other = drift_checks.alias("other")
+    busy = exists().where(other.c.project == cfg.project.name, other.c.id != row_id,
+                          other.c.event_state == SENDING, other.c.event_claimed_at >= _stale_before())
+    delivered_at = func.coalesce(other.c.event_sent_at, other.c.ts)
+    delivered = exists().where(other.c.project == cfg.project.name, other.c.event_sent.is_(True),
+                               delivered_at <= now,
+                               delivered_at > now - timedelta(hours=cfg.monitoring.cooldown_hours))
+    claimed_at = datetime.now(UTC)
+    claim = (update(drift_checks).where(drift_checks.c.id == row_id, _claimable(), ~busy, ~delivered)
+             .values(event_state=SENDING, event_claimed_at=claimed_at,
+                     event_attempts=func.coalesce(drift_checks.c.event_attempts, 0) + 1))
+    with eng.begin() as conn:
+        return claimed_at if conn.execute(claim).rowcount == 1 else None
+
+
+def _send_claimed(cfg: Config, eng: Engine, row: dict, claimed_at: datetime, now: datetime) -> bool:
+    """Send a claimed alert; mark it sent (and every other pending alert of the project
+    superseded: this delivery covers the episode), or pending again when it did not go out."""
+    result = CheckResult.from_row(row)
+    sent = False
+    try:
+        sent = bool(emit_drift_event(cfg, result))
+    finally:
+        mine = (drift_checks.c.id == row["id"]) & (drift_checks.c.event_state == SENDING) & \
+            (drift_checks.c.event_claimed_at == claimed_at)
+        values = ({"event_state": SENT, "event_sent": True, "event_sent_at": now} if sent
+                  else {"event_state": PENDING, "event_claimed_at": None})
+        with eng.begin() as conn:
+            conn.execute(update(drift_checks).where(mine).values(**values))
+    if sent:
+        _set_state(eng, cfg.project.name, SUPERSEDED, drift_checks.c.id != row["id"])
+        log.warning("drift alert of %s (check #%s, %s) delivered to Prefect", cfg.project.name, row["id"],
+                    f"{result.ts:%Y-%m-%d %H:%M} UTC")
+    return sent
+
+
 # ---------------------------------------------------------------- the check
 
 
 def check(config: Config, current: pd.DataFrame | None = None, reference: pd.DataFrame | None = None,
           now: datetime | None = None, embed: Embedder | None = None) -> CheckResult:
-    """Compare the current window with the reference, decide, record, and alert when it holds.
+    """Compare the current window with the reference, decide, store, and alert when it holds.
 
     `current` defaults to the prediction log's window, `reference` to the champion's; `embed`
     (texts -> vectors, see `embedder`) adds embedding drift when the reference holds vectors.
+    Order: report (atomic) -> stored row -> event -> row marked sent; a pending alert of an
+    earlier check is re-sent here whatever this check decides.
     """
     started = time.perf_counter()
     cfg = config.resolved()
@@ -801,25 +1132,31 @@ def check(config: Config, current: pd.DataFrame | None = None, reference: pd.Dat
             reference = load_reference(cfg)
         _require_columns(reference, (TEXT, PREDICTION, CONFIDENCE), "reference")
         if current is None:
-            current = current_window(cfg, eng, now)
+            current = _guard_store(cfg, "reading the current window", lambda: current_window(cfg, eng, now))
         if len(current) and LABEL not in current.columns and "feedback" in current.columns:
             current = current.rename(columns={"feedback": LABEL})
-        result = _evaluate(cfg, eng, current, reference, now, embed)
+        result, snapshots = _guard_store(cfg, "reading the check history",
+                                         lambda: _evaluate(cfg, eng, current, reference, now, embed))
+        _write_report(cfg, result, snapshots)
         result.seconds = time.perf_counter() - started
-        result.id = _store(eng, result)
+        result.id = _store(cfg, eng, result)
+        _deliver(cfg, eng, result, now)
+        _add_to_workspace(cfg, eng, result, snapshots, _labels(current, reference) if snapshots else [])
     finally:
         eng.dispose()
     return result
 
 
 def _evaluate(cfg: Config, eng: Engine, current: pd.DataFrame, reference: pd.DataFrame, now: datetime,
-              embed: Embedder | None) -> CheckResult:
+              embed: Embedder | None) -> tuple[CheckResult, list]:
+    """The decision and the snapshots behind it; nothing is written here."""
+    note = reference.attrs.get("note")
     base = {"ts": now, "project": cfg.project.name, "window_size": len(current), "reference_size": len(reference),
             "feedback_rows": feedback_count(current), "reference_version": reference.attrs.get("version")}
     if len(current) < cfg.monitoring.min_window:
         return CheckResult(decision="too_small", alert=False, **base,
-                           reason=f"{len(current)} rows in the window, fewer than monitoring.min_window="
-                                  f"{cfg.monitoring.min_window}; not judged")
+                           reason=_with_note(f"{len(current)} rows in the window, fewer than monitoring.min_window="
+                                             f"{cfg.monitoring.min_window}; not judged", note)), []
     _require_columns(current, (TEXT, PREDICTION, CONFIDENCE), "current")
     snapshot, result = drift_report(cfg, current, reference, now)
     signals, summary = read_signals(result)
@@ -831,10 +1168,15 @@ def _evaluate(cfg: Config, eng: Engine, current: pd.DataFrame, reference: pd.Dat
             signals[EMBEDDING] = extra[1]
     drift, why = window_drifts(cfg, signals, summary["drifted_share"])
     alert, reason = should_alert(cfg, eng, drift, now, base["reference_version"])
-    out = CheckResult(decision="drift" if drift else "no_drift", alert=alert, reason=f"{why}; {reason}",
-                      signals=signals, **summary, **base)
-    _publish(cfg, out, snapshots, _labels(current, reference))
-    return out
+    out = CheckResult(decision="drift" if drift else "no_drift", alert=alert,
+                      reason=_with_note(f"{why}; {reason}", note), signals=signals, **summary, **base)
+    if alert:
+        out.event_sent, out.event_state = False, PENDING
+    return out, snapshots
+
+
+def _with_note(reason: str, note: str | None) -> str:
+    return f"{reason} [{note}]" if note else reason
 
 
 def _labels(current: pd.DataFrame, reference: pd.DataFrame) -> list[str]:
@@ -844,28 +1186,114 @@ def _labels(current: pd.DataFrame, reference: pd.DataFrame) -> list[str]:
     return sorted(values)
 
 
-def _publish(cfg: Config, result: CheckResult, snapshots: list, labels: list[str]) -> None:
-    """Report file, workspace snapshot and (on an alert) the Prefect event; a failing
-    dashboard must not lose the check, so those failures are logged, not raised."""
-    result.report_path = str(write_html(snapshots, report_path(cfg, result.ts)))
-    prune_reports(cfg)
+def _write_report(cfg: Config, result: CheckResult, snapshots: list) -> None:
+    """The HTML report (atomic); a full disk stops the check here, before anything is stored."""
+    if not snapshots:
+        return
+    folder = monitoring_dir(cfg) / "reports"
     try:
-        result.snapshot_id = add_snapshots(cfg, snapshots, labels)
-    except Exception as exc:  # noqa: BLE001 - the decision record matters more than the dashboard
-        log.warning("could not add the check to the Evidently workspace %s: %s", cfg.uris.evidently_workspace, exc)
+        result.report_path = str(write_html(snapshots, report_path(cfg, result.ts)))
+        prune_reports(cfg)
+    except OSError as exc:
+        if disk_full(exc):
+            raise _no_space(folder, "the drift report could not be written, so the check was not stored "
+                                    "and no event was sent", exc) from exc
+        raise
+
+
+def _guard_store(cfg: Config, doing: str, work: Callable[[], Any]) -> Any:
+    """Run `work` (which reads or writes the check store); a database failure becomes one clear
+    MonitorError saying that nothing was stored and no event was sent."""
+    try:
+        return work()
+    except SQLAlchemyError as exc:
+        raise _store_error(cfg, doing, exc) from exc
+
+
+def _store_error(cfg: Config, doing: str, exc: SQLAlchemyError) -> MonitorError:
+    url = cfg.uris.prediction_log
+    folder = _sqlite_folder(url)
+    if disk_full(exc) or (folder is not None and _low_space(folder)):  # SQLite says "disk I/O error" at times
+        return _no_space(folder or monitoring_dir(cfg), f"the check store {_safe_url(url)} failed {doing}, so the "
+                                                        "check was not stored and no event was sent", exc)
+    return MonitorError(
+        f"The drift check store {_safe_url(url)} failed {doing} ({_first_line(exc)}; waited at most "
+        f"timeouts.database_s={cfg.timeouts.database_s:g} s): the check was not stored, no event was sent, and "
+        "the next check decides again from the stored history. Check that the database is up and not locked "
+        "by another process.")
+
+
+def _sqlite_folder(url: str) -> Path | None:
+    """The folder of an SQLite database file (None for a server or an in-memory database)."""
+    from sqlalchemy.engine import make_url
+
+    database = make_url(url).database if url.startswith("sqlite") else None
+    return Path(database).parent if database and database != ":memory:" else None
+
+
+def _low_space(folder: Path, below: int = 1 << 20) -> bool:
+    try:
+        return shutil.disk_usage(folder).free < below
+    except OSError:
+        return False
+
+
+def _store(cfg: Config, eng: Engine, result: CheckResult) -> int:
+    """Insert the check (an alert as pending); on failure the report of the unstored check is
+    removed too, so every report on disk belongs to a stored check."""
+    row = result.row()
+    row["ts"] = result.ts
+    row["scores"] = json.loads(json.dumps(row["scores"], default=float))
+
+    def insert() -> int:
+        with eng.begin() as conn:
+            return int(conn.execute(drift_checks.insert().values(**row)).inserted_primary_key[0])
+
+    try:
+        return _guard_store(cfg, "storing the check", insert)
+    except MonitorError:
+        if result.report_path:
+            Path(result.report_path).unlink(missing_ok=True)
+            result.report_path = None
+        raise
+
+
+def _deliver(cfg: Config, eng: Engine, result: CheckResult, now: datetime) -> None:
+    """Send this check's alert, or an earlier pending one (re-sent whatever this check decided);
+    a store failure here leaves the alert pending (stored, re-sent later), never raised."""
     if result.alert:
         top = ", ".join(f"{s.name}={s.score:.3g}" for s in result.top(3))
         log.warning("DRIFT ALERT %s: %s; top signals %s; report %s", cfg.project.name, result.reason, top,
                     result.report_path)
-        result.event_sent = emit_drift_event(cfg, result)
+    try:
+        _deliver_pending(cfg, eng, now)
+        if result.alert:
+            _refresh_event(eng, result)
+    except SQLAlchemyError as exc:
+        log.warning("drift alert delivery of %s interrupted by the check store (%s): the alert stays pending "
+                    "and is re-sent by the next check or resend_pending", cfg.project.name, _first_line(exc))
 
 
-def _store(eng: Engine, result: CheckResult) -> int:
-    row = result.row()
-    row["ts"] = result.ts
-    row["scores"] = json.loads(json.dumps(row["scores"], default=float))
-    with eng.begin() as conn:
-        return int(conn.execute(drift_checks.insert().values(**row)).inserted_primary_key[0])
+def _refresh_event(eng: Engine, result: CheckResult) -> None:
+    columns = (drift_checks.c.event_sent, drift_checks.c.event_state, drift_checks.c.event_sent_at)
+    with eng.connect() as conn:
+        row = conn.execute(select(*columns).where(drift_checks.c.id == result.id)).first()
+    result.event_sent, result.event_state = bool(row.event_sent), row.event_state
+    result.event_sent_at = _utc(row.event_sent_at) if row.event_sent_at else None
+
+
+def _add_to_workspace(cfg: Config, eng: Engine, result: CheckResult, snapshots: list, labels: list[str]) -> None:
+    """Dashboard snapshots after the decision is safe; a failing dashboard must not lose the
+    check, so failures are logged, not raised."""
+    if not snapshots:
+        return
+    try:
+        result.snapshot_id = add_snapshots(cfg, snapshots, labels)
+        with eng.begin() as conn:
+            conn.execute(update(drift_checks).where(drift_checks.c.id == result.id)
+                         .values(snapshot_id=result.snapshot_id))
+    except Exception as exc:  # noqa: BLE001 - the decision record matters more than the dashboard
+        log.warning("could not add the check to the Evidently workspace %s: %s", cfg.uris.evidently_workspace, exc)
 
 
 def history(config: Config, last: int = 20) -> list[CheckResult]:

@@ -9,6 +9,11 @@ rows the store refuses are set aside in a dead-letter file, so one bad row never
 
 Labels: one current label per request id (on its rows, with its sender in `feedback_by`),
 and every label ever given in the append-only `feedback` table, replacements included.
+
+Fallbacks: a request the traffic policy gave to the challenger, which the champion answered
+because the challenger failed, is logged as the answer it is (route `champion`, the
+champion's model) with `fallback_from = 'challenger'`; the A/B report counts those rows for
+the challenger arm and leaves them out of both arms' numbers (they are neither arm's sample).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import threading
 import time
@@ -59,8 +65,9 @@ predictions = Table(
     Column("feedback", String(128), nullable=True),
     Column("feedback_ts", DateTime(timezone=True), nullable=True),
     Column("feedback_by", String(64), nullable=True),  # the current label's sender
+    Column("fallback_from", String(16), nullable=True),  # the route assigned when the champion answered instead
 )
-ADDED_COLUMNS = (predictions.c.feedback_by,)  # columns newer than the first release of the table
+ADDED_COLUMNS = (predictions.c.feedback_by, predictions.c.fallback_from)  # newer than the table's first release
 
 feedback = Table(
     "feedback", metadata,  # append-only: every label given, replacements included
@@ -94,6 +101,7 @@ class Record:
     route: str
     user_key: str | None = None
     ts: datetime | None = None
+    fallback_from: str | None = None  # the route the request was assigned, when another answered it
 
     def row(self, keep_text: bool = True) -> dict:
         return {
@@ -103,14 +111,17 @@ class Record:
             "text_chars": len(self.text), "prediction": self.prediction, "confidence": self.confidence,
             "probs": self.probs, "latency_ms": self.latency_ms, "model": self.model,
             "version": self.version, "route": self.route, "served": self.route != "shadow",
-            "user_key": self.user_key,
+            "user_key": self.user_key, "fallback_from": self.fallback_from,
         }
 
 
-def engine(url: str) -> Engine:
-    """An engine with the tables created and newer columns added (idempotent)."""
-    kwargs = {"connect_args": {"check_same_thread": False, "timeout": 30}} if url.startswith("sqlite") else {"pool_pre_ping": True}
-    eng = create_engine(url, **kwargs)
+def engine(url: str, timeout_s: float | None = None) -> Engine:
+    """An engine with the tables created and newer columns added (idempotent).
+
+    `timeout_s` (timeouts.database_s) bounds a connection attempt (PostgreSQL's
+    connect_timeout) and, on SQLite, a wait for another writer's lock; a store that is down
+    then costs that long and an error, never a hang. Default: 30 s on SQLite, libpq's own."""
+    eng = create_engine(url, **_engine_options(url, timeout_s))
     if url.startswith("sqlite") and ":memory:" not in url:
         event.listen(eng, "connect", _sqlite_wal)
     try:
@@ -119,6 +130,16 @@ def engine(url: str) -> Engine:
         metadata.create_all(eng)
     _add_columns(eng)
     return eng
+
+
+def _engine_options(url: str, timeout_s: float | None) -> dict:
+    if url.startswith("sqlite"):
+        return {"connect_args": {"check_same_thread": False, "timeout": 30 if timeout_s is None else timeout_s}}
+    options: dict = {"pool_pre_ping": True}
+    if timeout_s is not None and url.startswith("postgresql"):
+        options["connect_args"] = {"connect_timeout": max(2, math.ceil(timeout_s))}  # libpq: whole seconds, >= 2
+        options["pool_timeout"] = timeout_s
+    return options
 
 
 def _add_columns(eng: Engine) -> None:
@@ -338,9 +359,10 @@ class LogWriter:
         return len(self._rows) + self._in_flight
 
     def put(self, rows: list[dict]) -> int:
-        """Buffer rows; the number accepted (the rest are dropped and counted)."""
+        """Buffer rows; the number accepted (the rest are dropped and counted, as is every
+        row put after close(): nothing would write it)."""
         with self._cond:
-            room = max(0, self.capacity - self.buffered)
+            room = 0 if self._closed else max(0, self.capacity - self.buffered)
             accepted, lost = rows[:room], len(rows) - min(room, len(rows))
             self._rows.extend(accepted)
             self._accepted += len(accepted)
@@ -348,7 +370,8 @@ class LogWriter:
             if len(self._rows) >= self.batch_rows:
                 self._cond.notify_all()
         if lost:
-            log.error("prediction log buffer full (%d rows): dropped %d rows", self.capacity, lost)
+            log.error("prediction log %s: dropped %d rows", "closed" if self._closed else
+                      f"buffer full ({self.capacity} rows)", lost)
         return len(accepted)
 
     def flush(self, timeout_s: float = 10.0) -> bool:

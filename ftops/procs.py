@@ -18,6 +18,9 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import psutil
+
+from ftops import atomic
 from ftops.config import RetentionSection
 from ftops.errors import FtopsError
 
@@ -51,13 +54,17 @@ def _state(folder: Path, name: str) -> Path:
     return folder / f"{name}.json"
 
 
-def _alive(pid: int, marker: str) -> bool:
+def alive(pid: int, marker: str) -> bool:
+    """The process runs (a zombie has exited) and its command line holds `marker` (a
+    recycled PID of another program is not ours)."""
     try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
-        state = Path(f"/proc/{pid}/stat").read_text().split()[2]
-    except OSError:
+        proc = psutil.Process(pid)
+        return proc.status() != psutil.STATUS_ZOMBIE and marker in " ".join(proc.cmdline())
+    except psutil.Error:
         return False
-    return state != "Z" and marker.encode() in cmdline
+
+
+_alive = alive
 
 
 def status(folder: Path, name: str) -> Running | None:
@@ -65,7 +72,7 @@ def status(folder: Path, name: str) -> Running | None:
     if not path.is_file():
         return None
     running = Running(**json.loads(path.read_text()))
-    if not _alive(running.pid, running.marker):
+    if not alive(running.pid, running.marker):
         path.unlink(missing_ok=True)
         return None
     return running
@@ -96,7 +103,7 @@ def start(folder: Path, service: Service, retention: RetentionSection | None = N
                                 cwd=folder, start_new_session=True, stdin=subprocess.DEVNULL)
     marker = service.marker or service.command[-1]
     running = Running(service.name, proc.pid, service.url, str(log), marker)
-    _state(folder, service.name).write_text(json.dumps(asdict(running)))
+    atomic.write_text(_state(folder, service.name), json.dumps(asdict(running)))
     deadline = time.monotonic() + service.ready_timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -116,15 +123,17 @@ def stop(folder: Path, name: str, grace_s: float = 15.0) -> bool:
     running = status(folder, name)
     if running is None:
         return False
-    terminate(running.pid, lambda pid: _alive(pid, running.marker), grace_s)
+    terminate(running.pid, lambda pid: alive(pid, running.marker), grace_s)
     _state(folder, name).unlink(missing_ok=True)
     return True
 
 
 def terminate(pid: int, alive: Callable[[int], bool], grace_s: float) -> None:
     """SIGTERM a service's process group, wait up to `grace_s` while `alive(pid)`, then
-    SIGKILL the group (workers it forked go too); our own child is reaped, never a zombie."""
+    SIGKILL the group (workers it forked go too); our own child is reaped, never a zombie.
+    SIGCONT after the SIGTERM: a stopped (SIGSTOP) process could not act on it otherwise."""
     _signal(pid, signal.SIGTERM)
+    _signal(pid, signal.SIGCONT)
     deadline = time.monotonic() + grace_s
     while time.monotonic() < deadline and alive(pid):
         _reap(pid)
@@ -139,24 +148,29 @@ def sweep(marker: str, env_key: str, env_value: str) -> list[int]:
     """Kill processes whose command line holds `marker` and whose environment has
     env_key=env_value: the last resort against an orphan whose state file is gone
     (e.g. a project dir deleted under a running service)."""
-    wanted = f"{env_key}={env_value}".encode()
     killed = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+    for proc in psutil.process_iter(["cmdline", "environ"]):  # unreadable ones (other users) come as None
+        if proc.pid == os.getpid():
             continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ")
-            environ = (proc / "environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if marker.encode() in cmdline and wanted in environ:
-            _signal(int(proc.name), signal.SIGKILL)
+        if marker in " ".join(proc.info["cmdline"] or ()) and (proc.info["environ"] or {}).get(env_key) == env_value:
+            _signal(proc.pid, signal.SIGKILL)
             try:
-                os.kill(int(proc.name), signal.SIGKILL)
-            except OSError:
+                proc.kill()
+            except psutil.Error:
                 pass
-            killed.append(int(proc.name))
+            killed.append(proc.pid)
     return killed
+
+
+def kill_group(pid: int) -> bool:
+    """SIGKILL what is left of a dead service's process group (its leader's PID is the group
+    id: start_new_session), e.g. Triton's python-backend stubs or MLflow's workers after a
+    kill -9 of the leader, which would hold ports and memory; True if something was left."""
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
 
 
 def _signal(pid: int, sig: int) -> None:

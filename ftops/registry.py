@@ -5,6 +5,11 @@ One registered model per project. A version's source is the candidate's `model/`
 folder (full weights, or the adapter + base model name); lineage tags are copied from its
 training run, and the decision that judged it is attached as tags + artifact.
 
+The aliases follow what serves: routing.json (ftops.serve.deploy) is the truth, deploy and
+rollback move the aliases after the route, and `align` (used by them and by
+ftops.reconcile) brings them back in line after a move that MLflow interrupted. Every
+move made through ftops holds the project's promotion lock (ftops.lock).
+
 Downloads go to `<project dir>/downloads/v<N>/model` (where retention finds them): into a
 temp folder beside it first, renamed into place only once complete, with the sha256 of
 every file recorded beside it; an existing folder is reused only if it still matches.
@@ -21,9 +26,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from ftops import tracking
+from ftops import atomic, tracking
 from ftops.config import Config
 from ftops.errors import FtopsError
+from ftops.lock import promotion_lock
 
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
 ALIASES = (CHAMPION, CHALLENGER, PREVIOUS)
@@ -102,6 +108,19 @@ def get(config: Config, ref: str) -> Version:
                             f"({config.resolved().uris.mlflow_tracking}). See `ftops registry ls`.") from None
 
 
+def lookup(config: Config, version: str) -> Version | None:
+    """A version by number, None only when the registry answers that it has none (a store
+    that does not answer raises, unlike `get`)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return _version(client(config).get_model_version(model_name(config), str(version).removeprefix("v")))
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        raise
+
+
 def find(config: Config, alias: str) -> Version | None:
     try:
         return get(config, alias)
@@ -125,35 +144,89 @@ def set_alias(config: Config, alias: str, version: str) -> None:
 
 
 def promote(config: Config, version: str) -> Version:
-    """champion -> version; the former champion becomes `previous` (one-call rollback)."""
-    mlflow_client = client(config)
-    name = model_name(config)
-    target = get(config, version)
-    current = find(config, CHAMPION)
-    if current is not None and current.version == target.version:
-        return target
-    if current is not None:
-        mlflow_client.set_registered_model_alias(name, PREVIOUS, current.version)
-    mlflow_client.set_registered_model_alias(name, CHAMPION, target.version)
-    if CHALLENGER in target.aliases:
-        mlflow_client.delete_registered_model_alias(name, CHALLENGER)
-    return get(config, CHAMPION)
+    """champion -> version; the former champion becomes `previous` (one-call rollback).
+    A registry-only move: where a champion route serves, `ftops reconcile` moves the alias
+    back to what serves; `ftops deploy` promotes through the serving gates instead."""
+    with promotion_lock(config, f"registry promote {version}"):
+        mlflow_client = client(config)
+        name = model_name(config)
+        target = get(config, version)
+        current = find(config, CHAMPION)
+        if current is not None and current.version == target.version:
+            return target
+        if current is not None:
+            mlflow_client.set_registered_model_alias(name, PREVIOUS, current.version)
+        mlflow_client.set_registered_model_alias(name, CHAMPION, target.version)
+        if CHALLENGER in target.aliases:
+            mlflow_client.delete_registered_model_alias(name, CHALLENGER)
+        return get(config, CHAMPION)
 
 
 def rollback(config: Config) -> Version:
     """Swap champion and previous: the previous champion serves again, and a second
     rollback undoes the first."""
-    mlflow_client = client(config)
-    name = model_name(config)
-    current, previous = find(config, CHAMPION), find(config, PREVIOUS)
-    if previous is None:
-        raise RegistryError(f"Nothing to roll back to: '{name}' has no '{PREVIOUS}' version. "
-                            "A rollback needs an earlier promotion.")
-    mlflow_client.set_registered_model_alias(name, CHAMPION, previous.version)
-    if current is not None:
-        mlflow_client.set_registered_model_alias(name, PREVIOUS, current.version)
-        mlflow_client.set_model_version_tag(name, current.version, TAG_ROLLED_BACK, "true")
-    return get(config, CHAMPION)
+    with promotion_lock(config, "registry rollback"):
+        mlflow_client = client(config)
+        name = model_name(config)
+        current, previous = find(config, CHAMPION), find(config, PREVIOUS)
+        if previous is None:
+            raise RegistryError(f"Nothing to roll back to: '{name}' has no '{PREVIOUS}' version. "
+                                "A rollback needs an earlier promotion.")
+        mlflow_client.set_registered_model_alias(name, CHAMPION, previous.version)
+        if current is not None:
+            mlflow_client.set_registered_model_alias(name, PREVIOUS, current.version)
+            mark_rolled_back(config, current.version)
+        return get(config, CHAMPION)
+
+
+def mark_rolled_back(config: Config, version: str) -> None:
+    client(config).set_model_version_tag(model_name(config), version, TAG_ROLLED_BACK, "true")
+
+
+def aliases(config: Config) -> dict[str, str]:
+    """ftops's aliases (champion, challenger, previous) -> version, in one call; {} when the
+    project has no registered model yet. MLflow not answering raises (MlflowException)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        model = client(config).get_registered_model(model_name(config))
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return {}
+        raise
+    return {alias: str(version) for alias, version in (model.aliases or {}).items() if alias in ALIASES}
+
+
+def plan(current: dict[str, str], wanted: dict[str, str]) -> list[tuple[str, str | None]]:
+    """The moves (alias, version; None = remove) that make `current` agree with `wanted`: each
+    wanted alias on its version, and no alias that is not wanted left on a version that is
+    (e.g. `previous` on the champion's version after an unversioned export was deployed)."""
+    moves: list[tuple[str, str | None]] = [(a, v) for a, v in wanted.items() if current.get(a) != v]
+    taken = set(wanted.values())
+    moves += [(a, None) for a, v in current.items() if a not in wanted and v in taken]
+    return sorted(moves, key=lambda move: ALIASES.index(move[0]))
+
+
+def describe(move: tuple[str, str | None], current: dict[str, str]) -> str:
+    alias, version = move
+    before = f"v{current[alias]}" if alias in current else "none"
+    return f"registry alias {alias}: {before} -> {f'v{version}' if version else 'removed'}"
+
+
+def align(config: Config, wanted: dict[str, str], dry_run: bool = False) -> list[str]:
+    """Move the aliases so that each in `wanted` names its version; what was (or, dry_run,
+    would be) moved. Each move is idempotent: one that MLflow interrupts is finished by the
+    next call."""
+    current = aliases(config)
+    moves = plan(current, wanted)
+    if not dry_run and moves:
+        mlflow_client, name = client(config), model_name(config)
+        for alias, version in moves:
+            if version is None:
+                mlflow_client.delete_registered_model_alias(name, alias)
+            else:
+                mlflow_client.set_registered_model_alias(name, alias, version)
+    return [describe(move, current) for move in moves]
 
 
 def tag_decision(config: Config, version: str, outcome: str, summary: str) -> None:
@@ -213,10 +286,9 @@ def _fetch(config: Config, version: Version, dest: Path) -> None:
         (dest / DOWNLOADED).unlink(missing_ok=True)
         shutil.rmtree(dest / "model", ignore_errors=True)  # an incomplete or damaged earlier one
         os.rename(partial, dest / "model")
-        tmp = dest / f"{DOWNLOADED}.tmp"
-        tmp.write_text(json.dumps({"version": version.version, "source": version.source,
-                                   "files": file_hashes(dest / "model")}, indent=2))
-        os.replace(tmp, dest / DOWNLOADED)  # written last: its presence means complete
+        atomic.write_text(dest / DOWNLOADED, json.dumps({"version": version.version, "source": version.source,
+                                                         "files": file_hashes(dest / "model")}, indent=2))
+        # written last: its presence means complete
     finally:
         shutil.rmtree(partial, ignore_errors=True)
 

@@ -18,8 +18,8 @@ wrote, and a step that fails is reported without stopping the others.
 
 from __future__ import annotations
 
+import io
 import logging
-import os
 import re
 import shutil
 import time
@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from ftops import atomic
 from ftops.config import Config
 
 log = logging.getLogger(__name__)
@@ -143,9 +144,9 @@ def archive_table(eng, table, cutoff: datetime, folder: Path, chunk_rows: int) -
         first, last = int(frame["id"].min()), int(frame["id"].max())
         path = folder / f"{table.name}-{first:012d}-{last:012d}.parquet"
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        frame.to_parquet(tmp, index=False)
-        os.replace(tmp, path)
+        buffer = io.BytesIO()
+        frame.to_parquet(buffer, index=False)
+        atomic.write_bytes(path, buffer.getvalue())  # a chunk of at most archive_chunk_rows
         with eng.begin() as conn:
             conn.execute(delete(table).where(table.c.id.between(first, last), table.c.ts < cutoff))
         written.append((path, len(frame)))

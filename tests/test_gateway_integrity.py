@@ -261,11 +261,15 @@ def test_5xx_bodies_are_generic_and_the_details_go_to_the_log(tmp_path, caplog, 
         app.state.gateway.predict = lambda body: 1 / 0
         crash = client.post("/predict", json={"text": "hello"})
         health = client.get("/health").json()
-    for resp, status, detail in ((nothing, 503, "Nothing is deployed"), (crash, 500, "ZeroDivisionError")):
+    for resp, status, detail, extra in ((nothing, 503, "Nothing is deployed", {"down", "retry_after_s"}),
+                                        (crash, 500, "ZeroDivisionError", set())):
         body = resp.json()
-        assert resp.status_code == status and set(body) == {"error", "request_id"} and "retry later" in body["error"]
+        assert resp.status_code == status and set(body) == {"error", "request_id", *extra}
+        assert "retry later" in body["error"]
         assert detail not in resp.text and detail in caplog.text
         assert f"request {body['request_id']} failed" in caplog.text
+    assert nothing.json()["down"] == "deployment" and nothing.headers["retry-after"] == str(gateway.RETRY_AFTER_S)
+    assert "retry-after" not in crash.headers
     assert "last_error" not in health["log"] and "db-secret-pw" not in json.dumps(health)
     assert health["writes"] == "open" and health["log"]["dead_lettered"] == 0
     assert "db-secret-pw" not in caplog.text  # the start-up error is logged masked

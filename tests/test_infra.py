@@ -107,6 +107,47 @@ def test_compose_has_every_service_the_code_expects_with_healthchecks():
             assert condition == {"condition": wanted}, (name, dependency)
 
 
+RESTARTING = {"unless-stopped", "always", "on-failure"}
+READINESS = {"triton": "/v2/health/ready", "gateway": "/health", "mlflow": "/health",
+             "prefect-server": "/api/health"}  # what each answers once it can serve
+
+
+def restart_findings(compose_doc: dict, docs: list[dict]) -> list[str]:
+    """Long-running services that would stay down after a crash: a compose service without
+    a restart policy, a pod that is not restarted or lacks a liveness / readiness probe."""
+    found = [f"compose {name}: restart {service.get('restart')!r}"
+             for name, service in compose_doc["services"].items()
+             if name not in ONE_SHOTS and service.get("restart") not in RESTARTING]
+    for doc in docs:
+        if doc["kind"] not in ("Deployment", "StatefulSet"):
+            continue
+        name, pod = doc["metadata"]["name"], doc["spec"]["template"]["spec"]
+        if pod.get("restartPolicy", "Always") != "Always":
+            found.append(f"k8s {name}: restartPolicy {pod['restartPolicy']}")
+        for container in pod["containers"]:
+            found += [f"k8s {name}/{container['name']}: no {probe}" for probe in ("livenessProbe", "readinessProbe")
+                      if probe not in container]
+        path = pod["containers"][0].get("readinessProbe", {}).get("httpGet", {}).get("path")
+        if name in READINESS and path != READINESS[name]:
+            found.append(f"k8s {name}: readiness {path}, not {READINESS[name]}")
+    return found
+
+
+def test_every_long_running_service_is_restarted_when_it_fails():
+    docs = [doc for _, doc in k8s_docs()]
+    assert restart_findings(compose(), docs) == []
+    # the checker finds what it is for
+    broken_compose = compose()
+    broken_compose["services"]["gateway"].pop("restart")
+    broken_docs = copy.deepcopy(docs)
+    triton = next(d for d in broken_docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "triton")
+    del triton["spec"]["template"]["spec"]["containers"][0]["livenessProbe"]
+    mlflow = next(d for d in broken_docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "mlflow")
+    mlflow["spec"]["template"]["spec"]["restartPolicy"] = "Never"
+    assert sorted(restart_findings(broken_compose, broken_docs)) == [
+        "compose gateway: restart None", "k8s mlflow: restartPolicy Never", "k8s triton/triton: no livenessProbe"]
+
+
 def test_compose_services_are_the_team_column():
     services = compose()["services"]
     mlflow = services["mlflow"]["command"]

@@ -120,14 +120,16 @@ def test_live_quality_is_computed_on_feedback_rows_only(traffic, tmp_path):
     assert result.macro_f1 == pytest.approx(f1_score(labelled["label"], labelled["prediction"], average="macro"))
 
 
-def test_an_alternating_stream_alerts_once_per_cooldown(traffic, tmp_path):
+def test_an_alternating_stream_alerts_once_per_cooldown(traffic, tmp_path, monkeypatch):
+    sent = []
+    monkeypatch.setattr(monitor, "emit_drift_event", lambda config, result: sent.append(result.id) or True)
     cfg = make_config(tmp_path)
     drifted, clean = traffic.window("other"), traffic.window("airline")
     stream = [clean, drifted] * 4
     results = [monitor.check(cfg, w, traffic.reference, now=T0 + i * STEP) for i, w in enumerate(stream)]
     assert [r.decision for r in results] == ["no_drift", "drift"] * 4
     assert [r.alert for r in results] == [False, False, False, True, False, False, False, False]
-    assert results[3].event_sent is False  # no Prefect server: recorded, not raised
+    assert results[3].event_sent is True and sent == [results[3].id]  # the cooldown runs from a delivered alert
     assert "cooldown" in results[5].reason and "cooldown" in results[7].reason
     later = results[3].ts + timedelta(hours=cfg.monitoring.cooldown_hours) + STEP
     again = [monitor.check(cfg, drifted, traffic.reference, now=later + i * STEP) for i in range(2)]

@@ -108,7 +108,7 @@ def test_the_repository_keeps_exactly_champion_previous_and_challenger(tmp_path)
     assert deploy.prune_repository(cfg) == []  # nothing routed yet: nothing to tell stale from kept
 
     route = lambda tag: deploy.Route(tag, f"svc-{tag}", tag[1:], str(tmp_path / "export"), "fp32")  # noqa: E731
-    deploy._save_routing(cfg, {"champion": route("v6"), "previous": route("v5"), "challenger": route("v3")})
+    deploy.save_routing(cfg, {"champion": route("v6"), "previous": route("v5"), "challenger": route("v3")})
     removed = retention.apply(cfg, now=NOW).repository
 
     assert removed == ["svc-v1", "svc-v4", "svc-v7"]

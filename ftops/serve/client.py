@@ -34,7 +34,7 @@ class TritonClient:
             import tritonclient.http as module
         self.module = module
         self.client = self._connect(timeout_s)
-        self._control = None
+        self._control = self._probe = None
 
     @classmethod
     def for_config(cls, url: str, config) -> TritonClient:
@@ -61,9 +61,9 @@ class TritonClient:
 
     def close(self) -> None:
         """Close first: an open HTTP client makes tritonserver's SIGTERM wait its exit timeout."""
-        self.client.close()
-        if self._control is not None:
-            self._control.close()
+        for client in (self.client, self._control, self._probe):
+            if client is not None:
+                client.close()
 
     def load(self, model: str) -> None:
         """Load (or reload) a model; raises ServingError on refusal or when the limit passes."""
@@ -86,7 +86,8 @@ class TritonClient:
         except InferenceServerException as exc:
             raise ServingError(f"{what} of '{model}': {explain(exc, self.url, model)}") from None
         except OSError as exc:  # the HTTP client's socket errors (refused, reset, timed out)
-            raise ServingError(f"{what} of '{model}': Triton at {self.url} is not reachable ({exc}).") from None
+            why = socket_error(exc, self.url, "timeouts.triton_control_s")
+            raise ServingError(f"{what} of '{model}': {why}") from None
 
     def __enter__(self) -> TritonClient:
         return self
@@ -112,9 +113,8 @@ class TritonClient:
             result = self.client.infer(model, [tensor], outputs=outputs, **kwargs)
         except InferenceServerException as exc:
             raise ServingError(explain(exc, self.url, model)) from None
-        except OSError as exc:  # the HTTP client's socket errors: the server is down, not the request
-            raise ServingError(f"Triton at {self.url} is not reachable ({exc}). "
-                               "Start it with `ftops serve up`.") from None
+        except OSError as exc:  # the HTTP client's socket errors: the server is down or hung, not the request
+            raise ServingError(socket_error(exc, self.url)) from None
         labels = result.as_numpy("LABEL").reshape(-1)
         probs = result.as_numpy("PROBS")
         return [Prediction(label.decode("utf-8"), [float(p) for p in row]) for label, row in zip(labels, probs)]
@@ -125,14 +125,21 @@ class TritonClient:
         try:
             if self.protocol == "grpc":
                 return bool(self.client.is_model_ready(model, client_timeout=self.probe_timeout_s))
-            return bool(self.client.is_model_ready(model))
+            return bool(self._probe_client().is_model_ready(model))
         except (InferenceServerException, OSError):
             return False
 
+    def _probe_client(self):
+        """HTTP: a client whose connection limit is the probe's, so a hung Triton costs a
+        probe `probe_timeout_s`, not the inference limit."""
+        if self._probe is None:
+            self._probe = self._connect(self.probe_timeout_s)
+        return self._probe
+
     def statistics(self, model: str) -> dict:
         """Server-side counts and cumulative durations of a model (for per-run deltas)."""
-        stats = self.client.get_inference_statistics(model, as_json=True) if self.protocol == "grpc" \
-            else self.client.get_inference_statistics(model)
+        stats = self.client.get_inference_statistics(model, as_json=True, client_timeout=self.timeout_s) \
+            if self.protocol == "grpc" else self.client.get_inference_statistics(model)
         entry = stats["model_stats"][0]["inference_stats"]
         def part(key: str) -> tuple[int, int]:
             item = entry.get(key, {})
@@ -140,10 +147,36 @@ class TritonClient:
         return {k: part(k) for k in ("success", "fail", "queue", "compute_infer", "compute_input", "compute_output")}
 
 
+def socket_error(exc: OSError, url: str, limit: str = "serving.request_timeout_s") -> str:
+    """An HTTP socket error in the words `explain` uses: a time limit (the setting `limit`),
+    or a server not reachable."""
+    if isinstance(exc, TimeoutError):
+        return f"Triton at {url} did not answer in time ({exc or 'timed out'}); raise {limit} or lower the load."
+    return f"Triton at {url} is not reachable ({exc}). Start it with `ftops serve up`."
+
+
+def failure_kind(message: str) -> str:
+    """What a ServingError message (from `explain` / `socket_error`) says went wrong:
+    unreachable, not_loaded, timeout (the server cannot answer now: retry) or refused."""
+    if "not reachable" in message:
+        return "unreachable"
+    if "not loaded" in message:
+        return "not_loaded"
+    if "in time" in message:
+        return "timeout"
+    return "refused"
+
+
+# What a server that went away mid-call looks like (a kill -9 resets the open streams).
+GONE = ("unavailable", "connection refused", "failed to connect", "stream removed", "connection reset",
+        "socket closed", "broken pipe", "end of stream", "eof")
+
+
 def explain(exc, url: str, model: str) -> str:
     message = str(exc.message() if hasattr(exc, "message") and callable(exc.message) else exc)
     lowered = message.lower()
-    if "unavailable" in lowered or "connection refused" in lowered or "failed to connect" in lowered:
+    status = str(exc.status() if hasattr(exc, "status") and callable(exc.status) else "").upper()
+    if "UNAVAILABLE" in status or any(sign in lowered for sign in GONE):
         return f"Triton at {url} is not reachable ({message}). Start it with `ftops serve up`."
     if "unknown model" in lowered or "not found" in lowered or "is not ready" in lowered or "unavailable model" in lowered:
         return f"Model '{model}' is not loaded on Triton at {url} ({message}). See `ftops serve status`."

@@ -19,6 +19,21 @@ names exactly one text. A shadow answer is logged under the same id with route `
 Routes are re-read from `<project>/triton/routing.json` at most every
 `serving.route_refresh_s`, so a deploy or rollback is followed without a restart.
 
+Faults: a challenger that fails (Triton error, model not loaded, time limit) never costs
+its users an answer: the champion answers instead, counted in
+`ftops_gateway_fallbacks_total{from_route,reason}` and `/health`'s `fallbacks`, and logged
+with `fallback_from` (ftops.predlog says how the A/B report reads it). Only when the
+champion itself cannot answer is it a 503, whose body names what is down (`down`) and says
+the request may be sent again (`Retry-After`). Every Triton call has the limits of
+`TritonClient.for_config`; `/health` answers within `timeouts.triton_probe_s`.
+
+Shutdown (SIGTERM): uvicorn stops taking requests and finishes those in flight; then the
+log is written first (every answered request's row), then the shadow copies still queued
+are dropped (counted), those running get SHADOW_WAIT_S, and what they logged is written.
+A SIGKILL loses at most the rows of the last `serving.log_flush_ms` (plus one batch in
+flight). With `serving.gateway_port: 0`, a start reuses the port of the project's last run
+(`<project>/gateway/last_port`) while it is free, so a restarted gateway keeps its clients.
+
 Process: `ftops gateway up` runs `python -m ftops.serve.gateway --fd N` with a socket
 bound here (port 0 = a free one, no race), state in `<project>/gateway/gateway.json`,
 stopped by PID like Triton. `uvicorn ftops.serve.gateway:app_from_env --factory` also
@@ -43,7 +58,9 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures import wait as wait_futures
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -57,11 +74,11 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, model_validator
 from sqlalchemy.exc import SQLAlchemyError
 
-from ftops import predlog, procs, security
+from ftops import atomic, predlog, procs, security
 from ftops.config import Config, load_config
 from ftops.errors import FtopsError
 from ftops.serve import server
-from ftops.serve.client import Prediction, TritonClient
+from ftops.serve.client import Prediction, TritonClient, failure_kind
 from ftops.serve.deploy import Route, routing
 from ftops.serve.repository import ServingError
 from ftops.serve.traffic import make_policy
@@ -69,14 +86,26 @@ from ftops.serve.traffic import make_policy
 ENV_CONFIG = "FTOPS_GATEWAY_CONFIG"
 DEAD_LETTER_MAX_BYTES = 64 * 2 ** 20  # refused rows kept on disk; beyond, only counted
 GRACEFUL_S = 10  # in-flight requests get this long to finish at shutdown
-LOG_CLOSE_S = 15  # then the log buffer this long to reach the store
+LOG_CLOSE_S = 15  # then the log buffer this long to reach the store (shadow calls included)
+SHADOW_WAIT_S = 2  # shadow calls already running at shutdown get this long, within LOG_CLOSE_S
 STOP_TIMEOUT_S = GRACEFUL_S + LOG_CLOSE_S + 5
+RETRY_AFTER_S = 5  # a 503's Retry-After: the supervisor checks every few seconds and restarts what died
 LATENCY_BUCKETS = (.002, .005, .01, .02, .035, .05, .075, .1, .15, .25, .5, 1, 2.5, 5, 10)
 PUBLIC_FAILURES = {  # what a caller learns of a 5xx; the details go to the log under the request id
     500: "internal error in the gateway; retry later",
     502: "the model server refused the request; retry later",
     503: "the gateway cannot answer now (see /health); retry later",
 }
+PUBLIC_DOWN = {  # a 503's `down`: what cannot answer, in words a caller may see (no address, no detail)
+    "triton": "the model server (Triton) is not reachable",
+    "timeout": "the model server did not answer within its time limit",
+    "model": "the champion model is not loaded on the model server",
+    "deployment": "no model is deployed",
+    "routing": "the gateway cannot read its routing state",
+    "prediction_log": "the prediction log is unavailable",
+    "gateway": "the gateway cannot answer now",
+}
+DOWN_OF_KIND = {"unreachable": "triton", "timeout": "timeout", "not_loaded": "model"}  # client.failure_kind
 
 logger = logging.getLogger("ftops.gateway")
 
@@ -89,10 +118,10 @@ class RequestError(Exception):
     """A request the gateway refuses or cannot answer: HTTP status and one clear message."""
 
     def __init__(self, status: int, message: str, route: str = "-", version: str = "-",
-                 headers: dict[str, str] | None = None):
+                 headers: dict[str, str] | None = None, down: str = "gateway", kind: str = "error"):
         super().__init__(message)
         self.status, self.message, self.route, self.version = status, message, route, version
-        self.headers = headers
+        self.headers, self.down, self.kind = headers, down, kind  # down: a PUBLIC_DOWN key (503s)
 
 
 # ---------------------------------------------------------------- API models
@@ -127,7 +156,9 @@ class PredictResponse(BaseModel):
     model: str = Field(description="Triton ensemble that answered")
     version: str | None = Field(description="registry version, when the deploy named one")
     tag: str = Field(description="deployment tag (v<version> or x<onnx digest>)")
-    route: str = Field(description="champion or challenger")
+    route: str = Field(description="champion or challenger: the route that answered")
+    fallback_from: str | None = Field(None, description="the route the request was assigned when it failed "
+                                                        "and the champion answered instead")
 
 
 class FeedbackRequest(BaseModel):
@@ -148,6 +179,9 @@ class ErrorResponse(BaseModel):
     error: str
     detail: Any | None = None
     request_id: str | None = Field(None, description="on a 5xx: quote it; the gateway's log has the details")
+    down: str | None = Field(None, description=f"on a 503: what cannot answer ({', '.join(PUBLIC_DOWN)})")
+    retry_after_s: int | None = Field(None, description="on a 503: the request was not answered; send it again "
+                                                        "after this many seconds (also the Retry-After header)")
 
 
 class HealthResponse(BaseModel):
@@ -160,6 +194,9 @@ class HealthResponse(BaseModel):
     triton: str | None = None
     writes: str = Field(description="token: /feedback needs a bearer token; open: anyone on this host may label")
     log: dict
+    fallbacks: dict = Field(description="requests the champion answered because their route failed: "
+                                        "{route: {reason: count}}")
+    shadow: dict = Field(description="shadow copies that failed, were dropped (queue full) or cancelled (shutdown)")
 
 
 ERRORS = {status: {"model": ErrorResponse, "description": text} for status, text in (
@@ -167,7 +204,9 @@ ERRORS = {status: {"model": ErrorResponse, "description": text} for status, text
     (404, "unknown request id"), (409, "the request id is labelled already (send replace: true)"),
     (413, "text, batch or body too large"), (422, "wrong types, empty text, NUL or unknown label"),
     (429, "too many labels from one sender (see Retry-After)"), (500, "internal error (request id only)"),
-    (502, "Triton refused the request"), (503, "Triton down, nothing deployed or the prediction log unavailable"))}
+    (502, "Triton refused the request"),
+    (503, "the champion cannot answer (Triton down or hung, champion not loaded, nothing deployed) or the "
+          "prediction log is unavailable: `down` says which; retry after Retry-After"))}
 
 
 # ---------------------------------------------------------------- routes, labels, clients
@@ -202,7 +241,7 @@ class RouteTable:
             return View(routing(self.config), server.status(self.config), time.monotonic())
         except (OSError, ValueError, TypeError) as exc:  # a file caught mid-write: keep the last view
             if self._view.read_at == float("-inf"):
-                raise RequestError(503, f"Cannot read the routing state: {exc}") from None
+                raise RequestError(503, f"Cannot read the routing state: {exc}", down="routing") from None
             return View(self._view.routes, self._view.server, time.monotonic())
 
     def labels(self, ensemble: str, export: str | None = None) -> list[str] | None:
@@ -220,11 +259,11 @@ class RouteTable:
 
 
 class Clients:
-    """Triton clients: one shared per URL for gRPC (thread-safe), one per thread for HTTP
-    (geventhttpclient is not)."""
+    """Triton clients with the config's limits: one shared per URL for gRPC (thread-safe),
+    one per thread for HTTP (geventhttpclient is not)."""
 
-    def __init__(self, protocol: str, timeout_s: float):
-        self.protocol, self.timeout_s = protocol, timeout_s
+    def __init__(self, config: Config):
+        self.config, self.protocol = config, config.serving.protocol
         self._shared: dict[str, TritonClient] = {}
         self._local = threading.local()
         self._all: list[TritonClient] = []
@@ -237,7 +276,7 @@ class Clients:
             with self._lock:
                 client = pool.get(url)
                 if client is None:
-                    client = pool[url] = TritonClient(url, self.protocol, self.timeout_s)
+                    client = pool[url] = TritonClient.for_config(url, self.config)
                     self._all.append(client)
         return client
 
@@ -270,12 +309,37 @@ class Metrics:
                                  ["version"], buckets=LATENCY_BUCKETS, registry=self.registry)
         self.shadow_dropped = Counter("ftops_gateway_shadow_dropped", "Shadow copies dropped: queue full",
                                       registry=self.registry)
+        self.shadow_cancelled = Counter("ftops_gateway_shadow_cancelled", "Shadow copies still queued at "
+                                        "shutdown, dropped so that the log is written first", registry=self.registry)
+        self.fallbacks = Counter("ftops_gateway_fallbacks", "Requests the champion answered because the route "
+                                 "they were assigned failed, by that route and why (unreachable, not_loaded, "
+                                 "timeout, refused, error)", ["from_route", "reason"], registry=self.registry)
         self.registry.register(_LogCollector(writer, dead_letter))
+
+    def fallback_counts(self) -> dict[str, dict[str, int]]:
+        """{from_route: {reason: count}} of the fallbacks counter."""
+        out: dict[str, dict[str, int]] = {}
+        for sample in _totals(self.fallbacks):
+            out.setdefault(sample.labels["from_route"], {})[sample.labels["reason"]] = int(sample.value)
+        return out
+
+    def shadow_counts(self) -> dict[str, int]:
+        failed = sum(s.value for s in _totals(self.errors) if s.labels["route"] == "shadow")
+        return {"failed": int(failed), "dropped": int(_value(self.shadow_dropped)),
+                "cancelled": int(_value(self.shadow_cancelled))}
 
     def text(self) -> bytes:
         from prometheus_client import generate_latest
 
         return generate_latest(self.registry)
+
+
+def _totals(counter) -> list:
+    return [s for s in counter.collect()[0].samples if s.name.endswith("_total")]
+
+
+def _value(counter) -> float:
+    return sum(s.value for s in _totals(counter))
 
 
 class _LogCollector:
@@ -335,7 +399,7 @@ class Gateway:
         self.config.project.dir.mkdir(parents=True, exist_ok=True)
         self.routes = RouteTable(self.config, cfg.route_refresh_s)
         self.policy = make_policy(cfg, salt=self.config.project.name)
-        self.clients = Clients(cfg.protocol, cfg.request_timeout_s)
+        self.clients = Clients(self.config)
         self._engine = None
         self._engine_lock = threading.Lock()
         self.tokens = security.gateway_tokens(self.config)
@@ -346,6 +410,11 @@ class Gateway:
         self.metrics = Metrics(self.writer, self.dead_letter)
         self.shadow = ThreadPoolExecutor(max_workers=2, thread_name_prefix="shadow")
         self._shadow_slots = threading.BoundedSemaphore(cfg.shadow_pending)
+        self._shadow_futures: set[Future] = set()
+        self._shadow_lock = threading.Lock()
+        self._closing = False
+        self._probes = ThreadPoolExecutor(max_workers=4, thread_name_prefix="probe")
+        self._fallback_logged: dict[tuple[str, str], int] = {}
 
     # ------------------------------------------------ lifecycle
 
@@ -358,21 +427,42 @@ class Gateway:
                          security.mask_url(self.writer.last_error))
         self.writer.start()
 
-    def close(self) -> int:
-        """Finish shadow copies, write every buffered row, close clients; rows lost."""
-        self.shadow.shutdown(wait=True)
-        lost = self.writer.close(LOG_CLOSE_S)
+    def close(self) -> Closed:
+        """Shut down in the order that keeps every promise: the requests in flight are done
+        (uvicorn waits for them), so first every row of an answered request is written; then
+        the shadow copies still queued are dropped (an experiment's sample, not an answer
+        anyone waits for), those running get SHADOW_WAIT_S, and their rows are written too."""
+        deadline = time.monotonic() + LOG_CLOSE_S
+        self._closing = True
+        flushed = self.writer.flush(LOG_CLOSE_S)
+        cancelled, running = self._drop_shadows()
+        _, unfinished = wait_futures(running, timeout=max(0.0, min(SHADOW_WAIT_S, deadline - time.monotonic())))
+        self.shadow.shutdown(wait=False)
+        lost = self.writer.close(max(0.5, deadline - time.monotonic()))
+        self._probes.shutdown(wait=False, cancel_futures=True)
         self.clients.close()
         if self._engine is not None:
             self._engine.dispose()
-        return lost
+        closed = Closed(lost, cancelled, len(unfinished))
+        say = logger.error if lost or not flushed else logger.info
+        say("shutdown: %d log rows written since start, %d lost; %d queued shadow copies dropped, %d shadow "
+            "calls still running", self.writer.written, lost, cancelled, len(unfinished))
+        return closed
+
+    def _drop_shadows(self) -> tuple[int, list[Future]]:
+        """Cancel the queued shadow copies (counted); the ones already running."""
+        with self._shadow_lock:
+            futures = list(self._shadow_futures)
+        cancelled = sum(f.cancel() for f in futures)
+        self.metrics.shadow_cancelled.inc(cancelled)
+        return cancelled, [f for f in futures if not f.cancelled()]
 
     def engine(self):
         """Created on first use, so a store that is down at start only delays the log."""
         if self._engine is None:
             with self._engine_lock:
                 if self._engine is None:
-                    self._engine = predlog.engine(self.config.uris.prediction_log)
+                    self._engine = predlog.engine(self.config.uris.prediction_log, self.config.timeouts.database_s)
         return self._engine
 
     def _write(self, rows: list[dict]) -> None:
@@ -385,27 +475,48 @@ class Gateway:
         storable(body.user, "user")
         view = self.routes.view()
         assignment = self.policy.assign(body.user, "challenger" in view.routes)
-        route, url = self._target(view, assignment.route)
         call_id = uuid.uuid4().hex
         ids = [call_id] if body.text is not None else [f"{call_id}-{i}" for i in range(len(texts))]
-        preds, latency_ms = self._classify(url, route, texts, assignment.route)
-        labels = self._labels(route, preds)
-        self._log(ids, texts, preds, latency_ms, route, assignment.route, body.user)
+        answer = self._answer(view, assignment.route, texts)
+        labels = self._labels(answer.route, answer.preds)
+        self._log(ids, texts, answer, body.user)
         if assignment.shadow:
-            self._mirror(view, url, ids, texts, body.user)
+            self._mirror(view, answer.url, ids, texts, body.user)
+        route = answer.route
         return {"request_id": call_id, "model": route.ensemble, "version": route.version, "tag": route.tag,
-                "route": assignment.route,
+                "route": answer.role, "fallback_from": answer.fallback_from,
                 "predictions": [{"request_id": rid, "label": p.label, "confidence": p.confidence,
-                                 "probs": dict(zip(labels, p.probs))} for rid, p in zip(ids, preds)]}
+                                 "probs": dict(zip(labels, p.probs))} for rid, p in zip(ids, answer.preds)]}
+
+    def _answer(self, view: View, role: str, texts: list[str]) -> Answer:
+        """The assigned route's answer; when that route is not the champion and fails in any
+        way, the champion's (a fallback: counted, logged on the row, the caller told)."""
+        route, url = self._target(view, role)
+        try:
+            return Answer(route, role, url, *self._classify(url, route, texts, role))
+        except Exception as exc:  # noqa: BLE001 - the challenger is an experiment: any failure falls back
+            if role == "champion":
+                raise
+            self._fell_back(role, exc)
+        route, url = self._target(view, "champion")
+        return Answer(route, "champion", url, *self._classify(url, route, texts, "champion"), fallback_from=role)
+
+    def _fell_back(self, role: str, exc: Exception) -> None:
+        reason = exc.kind if isinstance(exc, RequestError) else "error"
+        self.metrics.fallbacks.labels(role, reason).inc()
+        seen = self._fallback_logged[role, reason] = self._fallback_logged.get((role, reason), 0) + 1
+        if seen == 1 or seen % 1000 == 0:  # one line per reason, then one per thousand: not one per request
+            logger.warning("the %s failed (%s; %d such fallbacks so far): the champion answered instead (%s)", role,
+                           reason, seen, security.mask_url(str(exc)), exc_info=not isinstance(exc, RequestError))
 
     def _target(self, view: View, role: str) -> tuple[Route, str]:
         route = view.routes.get(role)
         if route is None:
             raise RequestError(503, "Nothing is deployed: no champion route in routing.json. "
-                                    "Deploy a model with `ftops deploy --export ...`.")
+                                    "Deploy a model with `ftops deploy --export ...`.", down="deployment")
         if view.server is None:
             raise RequestError(503, "Triton is not running for this project. Start it with `ftops serve up`.",
-                               role, _version(route))
+                               role, _version(route), down="triton", kind="unreachable")
         return route, view.server.url(self.serving.protocol)
 
     def _classify(self, url: str, route: Route, texts: list[str], role: str) -> tuple[list[Prediction], float]:
@@ -413,9 +524,9 @@ class Gateway:
         try:
             preds = self.clients.get(url).classify(texts, route.ensemble, self.serving.max_batch_size)
         except ServingError as exc:
-            message = str(exc)
-            down = "not reachable" in message or "not loaded" in message or "in time" in message
-            raise RequestError(503 if down else 502, message, role, _version(route)) from None
+            kind = failure_kind(str(exc))
+            raise RequestError(502 if kind == "refused" else 503, str(exc), role, _version(route),
+                               down=DOWN_OF_KIND.get(kind, "gateway"), kind=kind) from None
         seconds = time.perf_counter() - started
         self.metrics.latency.labels(_version(route)).observe(seconds)
         self.metrics.requests.labels(role, _version(route)).inc()
@@ -428,20 +539,19 @@ class Gateway:
             labels = [str(i) for i in range(k)]
         return labels
 
-    def _log(self, ids: list[str], texts: list[str], preds: list[Prediction], latency_ms: float,
-             route: Route, role: str, user: str | None) -> None:
+    def _log(self, ids: list[str], texts: list[str], answer: Answer, user: str | None) -> None:
         """Rows into the writer's buffer; the latency is the whole Triton call's, per text."""
-        keep = self.serving.keep_text
-        rows = [predlog.Record(rid, text, p.label, p.confidence, p.probs, latency_ms, route.ensemble,
-                               route.version, role, user).row(keep)
-                for rid, text, p in zip(ids, texts, preds)]
+        keep, route = self.serving.keep_text, answer.route
+        rows = [predlog.Record(rid, text, p.label, p.confidence, p.probs, answer.latency_ms, route.ensemble,
+                               route.version, answer.role, user, fallback_from=answer.fallback_from).row(keep)
+                for rid, text, p in zip(ids, texts, answer.preds)]
         self.writer.put(rows)
 
     # ------------------------------------------------ shadow
 
     def _mirror(self, view: View, url: str, ids: list[str], texts: list[str], user: str | None) -> None:
         """Queue a copy for the challenger; a full queue drops the copy (counted), never waits."""
-        if not self._shadow_slots.acquire(blocking=False):
+        if self._closing or not self._shadow_slots.acquire(blocking=False):
             self.metrics.shadow_dropped.inc()
             return
         try:
@@ -449,15 +559,27 @@ class Gateway:
         except RuntimeError:  # shutting down
             self._shadow_slots.release()
             return
-        future.add_done_callback(lambda _: self._shadow_slots.release())
+        with self._shadow_lock:
+            self._shadow_futures.add(future)
+        future.add_done_callback(self._shadow_done)
+
+    def _shadow_done(self, future: Future) -> None:
+        self._shadow_slots.release()
+        with self._shadow_lock:
+            self._shadow_futures.discard(future)
 
     def _shadow_call(self, route: Route, url: str, ids: list[str], texts: list[str], user: str | None) -> None:
+        """The caller has its answer already: a failure here is only counted (errors{route="shadow"})."""
         try:
             preds, latency_ms = self._classify(url, route, texts, "shadow")
         except RequestError as exc:
             self.metrics.errors.labels("shadow", exc.version, str(exc.status)).inc()
             return
-        self._log(ids, texts, preds, latency_ms, route, "shadow", user)
+        except Exception:  # noqa: BLE001 - never the caller's problem
+            self.metrics.errors.labels("shadow", _version(route), "500").inc()
+            logger.exception("shadow call to %s failed", route.ensemble)
+            return
+        self._log(ids, texts, Answer(route, "shadow", url, preds, latency_ms), user)
 
     # ------------------------------------------------ feedback
 
@@ -525,38 +647,78 @@ class Gateway:
         try:
             return call()
         except (SQLAlchemyError, OSError) as exc:  # the store is down: a 503, not a bare 500
-            raise RequestError(503, f"The prediction log is unavailable ({predlog.describe_error(exc)}).") from None
+            raise RequestError(503, f"The prediction log is unavailable ({predlog.describe_error(exc)}).",
+                               down="prediction_log") from None
 
     # ------------------------------------------------ health
 
     def health(self) -> tuple[int, dict]:
         view = self.routes.view()
         champion, challenger = view.routes.get("champion"), view.routes.get("challenger")
-        note = self.policy.assign(None, challenger is not None).note
-        reason = self._unhealthy(view, champion)
-        if not reason and challenger is not None and self.policy.name != "champion" and not self.clients.get(
-                view.server.url(self.serving.protocol)).ready(challenger.ensemble):
-            note = f"the challenger {challenger.ensemble} is not loaded on Triton: its share of traffic fails"
+        reason, note = self._probe_in_time(view, champion, challenger)
         body = {"status": "unavailable" if reason else "ok", "reason": reason, "policy": self.policy.describe(),
-                "note": note, "champion": _route_dict(champion), "challenger": _route_dict(challenger),
+                "note": note or self.policy.assign(None, challenger is not None).note,
+                "champion": _route_dict(champion), "challenger": _route_dict(challenger),
                 "triton": view.server.url(self.serving.protocol) if view.server else None,
                 "writes": "token" if self.tokens else "open",
                 "log": {"buffered": self.writer.buffered, "written": self.writer.written,
                         "dropped": self.writer.dropped, "write_errors": self.writer.write_errors,
                         "dead_lettered": self.writer.dead_lettered,
-                        "dead_letter_unsaved": self.dead_letter.unsaved}}  # counts only: errors are in the log
+                        "dead_letter_unsaved": self.dead_letter.unsaved},  # counts only: errors are in the log
+                "fallbacks": self.metrics.fallback_counts(), "shadow": self.metrics.shadow_counts()}
         return (503 if reason else 200), body
+
+    def _probe_in_time(self, view: View, champion: Route | None, challenger: Route | None):
+        """`_probe` within timeouts.triton_probe_s in all: the probes run in a pool and are not
+        waited for past the limit, so /health answers even while Triton hangs."""
+        limit = self.config.timeouts.triton_probe_s
+        try:
+            return self._probes.submit(self._probe, view, champion, challenger).result(limit)
+        except FutureTimeout:
+            return f"Triton did not answer the health probes within {limit:g} s (timeouts.triton_probe_s).", None
+
+    def _probe(self, view: View, champion: Route | None, challenger: Route | None) -> tuple[str | None, str | None]:
+        """(why the gateway cannot answer, a note on the challenger); each probe has its own limit."""
+        reason = self._unhealthy(view, champion)
+        if reason or challenger is None or self.policy.name == "champion":
+            return reason, None
+        if not self.clients.get(view.server.url(self.serving.protocol)).ready(challenger.ensemble):
+            return None, (f"the challenger {challenger.ensemble} is not loaded on Triton: the champion answers "
+                          "its share of traffic (see fallbacks)")
+        return None, None
 
     def _unhealthy(self, view: View, champion: Route | None) -> str | None:
         if view.server is None:
             return "Triton is not running for this project (`ftops serve up`)."
-        if not server.ready(view.server, timeout=2.0):
+        if not server.ready(view.server, timeout=self.config.timeouts.triton_probe_s):
             return f"Triton at {view.server.http_url} does not answer its readiness check."
         if champion is None:
             return "No champion route: nothing is deployed (`ftops deploy --export ...`)."
         if not self.clients.get(view.server.url(self.serving.protocol)).ready(champion.ensemble):
             return f"The champion model {champion.ensemble} is not loaded on Triton."
         return None
+
+
+@dataclass
+class Answer:
+    """One route's answer to a request's texts."""
+
+    route: Route
+    role: str  # the route that answered: champion, challenger or shadow
+    url: str
+    preds: list[Prediction]
+    latency_ms: float
+    fallback_from: str | None = None  # the route assigned, when it failed and the champion answered
+
+
+@dataclass
+class Closed:
+    """What a shutdown cost: log rows not written, shadow copies dropped from the queue,
+    shadow calls still running when the gateway stopped waiting."""
+
+    rows_lost: int
+    shadow_cancelled: int
+    shadow_unfinished: int
 
 
 def _version(route: Route) -> str:
@@ -687,7 +849,7 @@ def _handlers(app: FastAPI, gateway: Gateway) -> None:
     async def refused(_request: Request, exc: RequestError):
         gateway.metrics.errors.labels(exc.route, exc.version, str(exc.status)).inc()
         if exc.status >= 500:
-            return failure(exc.status, exc.message)
+            return failure(exc.status, exc.message, down=exc.down)
         return JSONResponse({"error": exc.message}, status_code=exc.status, headers=exc.headers)
 
     @app.exception_handler(Exception)
@@ -708,12 +870,20 @@ def _handlers(app: FastAPI, gateway: Gateway) -> None:
         return JSONResponse({"error": message, "detail": detail}, status_code=status)
 
 
-def failure(status: int, detail: str, exc: BaseException | None = None) -> JSONResponse:
-    """A 5xx: the caller gets a generic message and a request id, the log the details."""
+def failure(status: int, detail: str, exc: BaseException | None = None, down: str = "gateway") -> JSONResponse:
+    """A 5xx: the caller gets a generic message and a request id, the log the details. A 503
+    also says what is down (a PUBLIC_DOWN key and its words) and that the request, which was
+    not answered, may be sent again after Retry-After seconds."""
     request_id = uuid.uuid4().hex
     logger.error("request %s failed with HTTP %d: %s", request_id, status, security.mask_url(detail), exc_info=exc)
-    return JSONResponse({"error": PUBLIC_FAILURES.get(status, PUBLIC_FAILURES[500]), "request_id": request_id},
-                        status_code=status)
+    if status != 503:
+        return JSONResponse({"error": PUBLIC_FAILURES.get(status, PUBLIC_FAILURES[500]), "request_id": request_id},
+                            status_code=status)
+    down = down if down in PUBLIC_DOWN else "gateway"
+    body = {"error": f"{PUBLIC_DOWN[down]}: the request was not answered; retry later (it is safe to send "
+                     f"again, after Retry-After seconds; /health says more)",
+            "down": down, "retry_after_s": RETRY_AFTER_S, "request_id": request_id}
+    return JSONResponse(body, status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)})
 
 
 def _routes(app: FastAPI, gateway: Gateway) -> None:
@@ -733,7 +903,8 @@ def _routes(app: FastAPI, gateway: Gateway) -> None:
 
     @app.get("/health", response_model=HealthResponse, responses={503: {"model": HealthResponse}})
     def health():
-        """200 when Triton answers and the champion is loaded; 503 with the reason otherwise."""
+        """200 when Triton answers and the champion is loaded; 503 with the reason otherwise;
+        within timeouts.triton_probe_s, also while Triton hangs."""
         status, body = gateway.health()
         return JSONResponse(body, status_code=status)
 
@@ -825,7 +996,7 @@ def start(config: Config) -> GatewayInfo:
     config_file = folder / "config.json"
     shown, secret_env = security.seal(resolved)
     _write_private(config_file, shown)
-    sock = _bind(resolved.serving.host, resolved.serving.gateway_port)
+    sock = _listen(resolved)
     log = folder / "gateway.log"
     procs.rotate_log(log, resolved.retention)
     env = _child_env(config_file, secret_env)
@@ -834,7 +1005,7 @@ def start(config: Config) -> GatewayInfo:
                                 stdout=handle, stderr=subprocess.STDOUT, env=env, cwd=folder,
                                 pass_fds=(sock.fileno(),), start_new_session=True)
         info = GatewayInfo(proc.pid, resolved.serving.host, sock.getsockname()[1], str(log), str(config_file))
-    _state_file(resolved).write_text(json.dumps(asdict(info)))
+    atomic.write_text(_state_file(resolved), json.dumps(asdict(info)))
     _wait_ready(resolved, proc, info)
     return info
 
@@ -870,6 +1041,34 @@ def _write_private(path: Path, text: str) -> None:
     os.fchmod(fd, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         handle.write(text)
+
+
+def _last_port_file(config: Config) -> Path:
+    return state_dir(config) / "last_port"
+
+
+def last_port(config: Config) -> int | None:
+    """The port the project's last gateway listened on (kept apart from the state file,
+    which goes when the process does); None before the first start."""
+    try:
+        return int(_last_port_file(config).read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _listen(config: Config) -> socket.socket:
+    """The listening socket: serving.gateway_port, or with 0 the last run's port while it is
+    free (a restart keeps the clients' URL), else a free one; the port is kept for next time."""
+    host, port = config.serving.host, config.serving.gateway_port
+    sock = None
+    if port == 0 and (previous := last_port(config)):
+        try:
+            sock = _bind(host, previous)
+        except GatewayError:
+            logger.warning("the gateway's last port %d is taken: listening on a new one", previous)
+    sock = sock or _bind(host, port)
+    atomic.write_text(_last_port_file(config), f"{sock.getsockname()[1]}\n")
+    return sock
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -940,28 +1139,35 @@ class GatewayLoad:
     feedback: int
     first_error: str | None = None
     latencies_ms: list[float] = field(default_factory=list, repr=False)
+    request_ids: list[str] = field(default_factory=list, repr=False)  # of the answered (200) requests
+    answered_at: list[float] = field(default_factory=list, repr=False)  # their time.monotonic(), same order
 
     def summary(self) -> dict:
         out = asdict(self)
         out.pop("latencies_ms")
+        out.pop("request_ids")
+        out.pop("answered_at")
         return out
 
 
 def loadtest(url: str, texts: list[str], requests: int = 500, concurrency: int = 4, max_seconds: float = 60.0,
              users: int = 0, labels: list[str] | None = None, feedback_share: float = 0.0, warmup: int = 10,
-             timeout_s: float = 30.0, token: str | None = None) -> GatewayLoad:
+             timeout_s: float = 30.0, token: str | None = None,
+             stop: threading.Event | None = None) -> GatewayLoad:
     """One text per POST /predict, `concurrency` threads each with a keep-alive httpx
-    client, until `requests` are sent or `max_seconds` pass. With `users`, requests carry
-    one of that many user keys (sticky A/B arms); with `labels` (the texts' true labels),
-    a `feedback_share` of answered requests also gets /feedback (not timed; with `token` as
-    its bearer token when the gateway has tokens)."""
+    client, until `requests` are sent, `max_seconds` pass or `stop` is set. With `users`,
+    requests carry one of that many user keys (sticky A/B arms); with `labels` (the texts'
+    true labels), a `feedback_share` of answered requests also gets /feedback (not timed;
+    with `token` as its bearer token when the gateway has tokens). The answered requests'
+    ids and times are kept, to compare with the log after a fault."""
     import httpx
 
     with httpx.Client(base_url=url, timeout=timeout_s) as client:
         for text in itertools.islice(itertools.cycle(texts), warmup):
             client.post("/predict", json={"text": text})
     counter, lock = itertools.count(), threading.Lock()
-    tally: dict[str, Any] = {"lat": [], "errors": [], "statuses": {}, "routes": {}, "feedback": 0}
+    tally: dict[str, Any] = {"lat": [], "errors": [], "statuses": {}, "routes": {}, "feedback": 0,
+                             "ids": [], "at": []}
     deadline = time.monotonic() + max_seconds
 
     def one(client: httpx.Client, i: int) -> None:
@@ -982,6 +1188,8 @@ def loadtest(url: str, texts: list[str], requests: int = 500, concurrency: int =
                 tally["errors"].append(f"HTTP {resp.status_code}: {resp.text[:300]}")
                 return
             tally["lat"].append(elapsed)
+            tally["ids"].append(resp.json()["request_id"])
+            tally["at"].append(time.monotonic())
             route = resp.json()["route"]
             tally["routes"][route] = tally["routes"].get(route, 0) + 1
         if labels and (i * 2654435761 % 2 ** 32) / 2 ** 32 < feedback_share:  # a fixed, spread-out share
@@ -993,7 +1201,7 @@ def loadtest(url: str, texts: list[str], requests: int = 500, concurrency: int =
 
     def worker() -> None:
         with httpx.Client(base_url=url, timeout=timeout_s) as client:
-            while time.monotonic() < deadline:
+            while time.monotonic() < deadline and not (stop is not None and stop.is_set()):
                 i = next(counter)
                 if i >= requests:
                     return
@@ -1008,7 +1216,7 @@ def loadtest(url: str, texts: list[str], requests: int = 500, concurrency: int =
     p50, p95, p99 = (float(np.percentile(lat, q)) if lat else float("nan") for q in (50, 95, 99))
     return GatewayLoad(len(lat) + len(tally["errors"]), concurrency, len(tally["errors"]), wall, len(lat) / wall,
                        p50, p95, p99, tally["statuses"], tally["routes"], tally["feedback"],
-                       tally["errors"][0] if tally["errors"] else None, lat)
+                       tally["errors"][0] if tally["errors"] else None, lat, tally["ids"], tally["at"])
 
 
 def main(argv: list[str] | None = None) -> None:

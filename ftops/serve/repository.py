@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from ftops import atomic
 from ftops.config import ServingSection
 from ftops.errors import FtopsError
 from ftops.export import MANIFEST_FILE, sha256
@@ -129,11 +130,8 @@ def _hashes_file(repo: Path, name: str) -> Path:
 
 
 def _record(repo: Path, name: str, files: dict[str, str]) -> None:
-    path = _hashes_file(repo, name)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({"model": name, "written": datetime.now(UTC).isoformat(timespec="seconds"),
-                               "files": files}, indent=2))
-    os.replace(tmp, path)
+    atomic.write_text(_hashes_file(repo, name), json.dumps(
+        {"model": name, "written": datetime.now(UTC).isoformat(timespec="seconds"), "files": files}, indent=2))
 
 
 def _actual(folder: Path) -> dict[str, str]:
@@ -436,7 +434,7 @@ def versions(repo: Path, project: str) -> dict[str, ModelNames]:
 
 
 def mark_pending(repo: Path, names: ModelNames) -> None:
-    (repo / f"{names.ensemble}{PENDING}").write_text(f"{os.getpid()}\n")
+    atomic.write_text(repo / f"{names.ensemble}{PENDING}", f"{os.getpid()}\n")
 
 
 def clear_pending(repo: Path, names: ModelNames) -> None:

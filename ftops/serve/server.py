@@ -1,7 +1,8 @@
 """The real `tritonserver` process (from the nvidia-pytriton wheel in the serving venv):
 start on 127.0.0.1 with explicit model control, poll readiness, stop by PID.
 
-State lives in `<project>/triton/server.json` (pid, ports, log). A state file whose pid is
+State lives in `<project>/triton/server.json` (pid, ports, log), the last ports apart in
+`last_ports.json` (a restart with ports 0 takes them again). A state file whose pid is
 gone, or is no longer a tritonserver, is stale and removed.
 
 With `uris.triton` set, Triton is someone else's (the team's container / Kubernetes
@@ -12,6 +13,7 @@ to the shared `uris.triton_repository`. Everything else (deploy, gateway) is the
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -20,13 +22,15 @@ import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ftops import procs
+from ftops import atomic, procs
 from ftops.config import Config
 from ftops.serve.repository import ServingError
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 SERVING_VENV = Path(os.environ.get("FTOPS_SERVING_VENV", ROOT / ".venv-serving"))
 EXIT_TIMEOUT_S = 5
+PORT_KEYS = ("http", "grpc", "metrics")
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -95,12 +99,49 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
-def _alive(pid: int) -> bool:
+def port_free(host: str, port: int) -> bool:
+    """Whether a server could listen on the port now. SO_REUSEADDR as the servers set it:
+    the connections of a killed Triton linger in TIME_WAIT and must not count as taken."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _last_ports_file(config: Config) -> Path:
+    return state_dir(config) / "last_ports.json"
+
+
+def last_ports(config: Config) -> dict[str, int]:
+    """The ports the project's last server listened on (kept apart from server.json, which
+    goes with the process); {} before the first start."""
     try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
-    return b"tritonserver" in cmdline and not Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
+        return {k: int(v) for k, v in json.loads(_last_ports_file(config).read_text()).items()}
+    except (OSError, ValueError, AttributeError):
+        return {}
+
+
+def _ports(config: Config) -> list[int]:
+    """http, grpc, metrics: the configured port, or for 0 the last run's while it is free
+    (a restart keeps the gateway's and clients' URLs), else a free one."""
+    cfg, last, ports = config.serving, last_ports(config), []
+    for key in PORT_KEYS:
+        port = getattr(cfg, f"{key}_port")
+        previous = last.get(key)
+        if not port and previous and previous not in ports:
+            if port_free(cfg.host, previous):
+                port = previous
+            else:
+                logger.warning("Triton's last %s port %d is taken: listening on a new one", key, previous)
+        ports.append(port or free_port(cfg.host))
+    return ports
+
+
+def _alive(pid: int) -> bool:
+    return procs.alive(pid, "tritonserver")
 
 
 def status(config: Config) -> ServerInfo | None:
@@ -119,8 +160,18 @@ def status(config: Config) -> ServerInfo | None:
 
 
 def ready(info: ServerInfo, timeout: float = 2.0) -> bool:
+    return _get_ok(f"http://{info.http_url}/v2/health/ready", timeout)
+
+
+def model_ready(info: ServerInfo, model: str, timeout: float = 2.0) -> bool:
+    """One model loaded and ready; with --strict-readiness the server as a whole is not
+    while another model loads or failed to, though this one serves."""
+    return _get_ok(f"http://{info.http_url}/v2/models/{model}/ready", timeout)
+
+
+def _get_ok(url: str, timeout: float) -> bool:
     try:
-        with urllib.request.urlopen(f"http://{info.http_url}/v2/health/ready", timeout=timeout) as resp:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
             return resp.status == 200
     except OSError:
         return False
@@ -153,8 +204,7 @@ def start(config: Config) -> ServerInfo:
     folder = state_dir(config)
     repo = repository_dir(config)
     repo.mkdir(parents=True, exist_ok=True)
-    ports = [cfg.http_port or free_port(cfg.host), cfg.grpc_port or free_port(cfg.host),
-             cfg.metrics_port or free_port(cfg.host)]
+    ports = _ports(config)
     log = folder / "server.log"
     procs.rotate_log(log, config.retention)
     command = [
@@ -171,7 +221,8 @@ def start(config: Config) -> ServerInfo:
         proc = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=_environment(),
                                 cwd=folder, start_new_session=True)
     info = ServerInfo(proc.pid, cfg.host, *ports, str(repo), str(log))
-    _state_file(config).write_text(json.dumps(asdict(info)))
+    atomic.write_text(_state_file(config), json.dumps(asdict(info)))
+    atomic.write_text(_last_ports_file(config), json.dumps(dict(zip(PORT_KEYS, ports))))
     deadline = time.monotonic() + cfg.ready_timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:

@@ -8,6 +8,9 @@ route, `ab` and `shadow` fall back to the champion and say so.
 
 `ab_report` turns logged rows with feedback into per-arm numbers and a significance test:
 unpaired for A/B (the arms answer different requests), paired for shadow (same requests).
+Fallbacks (the challenger failed, the champion answered: `fallback_from` on the row) are
+counted for the arm they were assigned to and left out of both arms' numbers: the answer
+is not the challenger's, and the user was not in the champion's arm.
 `report_rows` reads its input: a bounded window of the log, in chunks, only the columns used.
 """
 
@@ -26,7 +29,7 @@ from ftops import predlog
 from ftops.config import ServingSection
 from ftops.evaluate import BATCH_METRICS, _confusions, mcnemar, paired_bootstrap
 
-REPORT_COLUMNS = ("request_id", "route", "prediction", "feedback", "latency_ms", "model", "version")
+REPORT_COLUMNS = ("request_id", "route", "prediction", "feedback", "latency_ms", "model", "version", "fallback_from")
 REPORT_MAX_ROWS = 200_000  # newest log rows a report reads when no row count is given
 NO_CHALLENGER = "no challenger route: all traffic goes to the champion (stage a challenger to split or mirror it)"
 
@@ -119,7 +122,8 @@ def ab_report(frame: pd.DataFrame, alpha: float = 0.05, resamples: int = 2000, s
     """Per-arm numbers and tests from prediction-log rows (`report_rows`, or any frame with
     its columns).
 
-    `ab`: champion vs challenger rows that answered callers (unpaired tests).
+    `ab`: champion vs challenger rows that answered callers (unpaired tests); each arm's
+    `fallbacks` counts its requests the champion answered instead, which are in no arm's numbers.
     `shadow`: champion answers vs the shadow answers to the same requests (paired tests).
     Either is None when the log has no such traffic. Metrics use rows with feedback;
     latency uses every row of the arm.
@@ -136,10 +140,13 @@ def _label_codes(frame: pd.DataFrame) -> list[str]:
 
 
 def _ab_section(frame: pd.DataFrame, labels: list[str], alpha: float, resamples: int, seed: int) -> dict | None:
-    arms = {arm: frame[frame["route"] == arm] for arm in ("champion", "challenger")}
-    if arms["challenger"].empty:
+    assigned = fallback_from(frame)
+    arms = {arm: frame[(frame["route"] == arm) & assigned.isna()] for arm in ("champion", "challenger")}
+    fallbacks = {arm: int((assigned == arm).sum()) for arm in arms}
+    if arms["challenger"].empty and not fallbacks["challenger"]:
         return None
-    summary = {arm: arm_summary(rows, labels, alpha, resamples, seed) for arm, rows in arms.items()}
+    summary = {arm: {**arm_summary(rows, labels, alpha, resamples, seed), "fallbacks": fallbacks[arm]}
+               for arm, rows in arms.items()}
     judged = {arm: _with_feedback(rows) for arm, rows in arms.items()}
     test = unpaired_test(*(judged[a] for a in ("champion", "challenger")), labels, alpha, resamples, seed)
     return {"arms": summary, "test": test}
@@ -155,6 +162,14 @@ def _shadow_section(frame: pd.DataFrame, labels: list[str], alpha: float, resamp
     pairs = _with_feedback(served)[["request_id", "prediction", "feedback"]].merge(
         shadow[["request_id", "prediction"]], on="request_id", suffixes=("_champion", "_shadow"))
     return {"arms": summary, "test": paired_test(pairs, labels, alpha, resamples, seed)}
+
+
+def fallback_from(frame: pd.DataFrame) -> pd.Series:
+    """Per row, the route it was assigned when the champion answered instead; None (NaN) for
+    the rest, and for every row of a log older than the column."""
+    if "fallback_from" not in frame:
+        return pd.Series(None, index=frame.index, dtype=object)
+    return frame["fallback_from"].where(frame["fallback_from"].notna(), None)
 
 
 def _with_feedback(rows: pd.DataFrame) -> pd.DataFrame:
