@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -60,3 +61,10 @@ def airline_snapshot(tmp_path_factory):
     cfg = Config.model_validate({"project": {"dir": str(root)},
                                  "data": {"source": "builtin:tweets?domain=airline", "max_rows": 400}})
     return data.prepare(cfg)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The fault-injection suite's table (tests/faults/faultload.py), when it ran."""
+    harness = sys.modules.get("faultload")
+    if harness is not None:
+        harness.summary(terminalreporter)

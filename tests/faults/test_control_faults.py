@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from conftest import TEXTS, record, wait_until
+from faultload import TEXTS, record, wait_until
 from test_monitor import Traffic
 from test_serving import make_export
 

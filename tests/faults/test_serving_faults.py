@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from conftest import TEXTS, Load, record, wait_until
+from faultload import TEXTS, Load, record, wait_until
 from test_disk_full import candidate, fill, small_disk  # noqa: F401 - candidate is a fixture
 from test_export import MAX_LENGTH, parity_inputs
 from test_monitor import Traffic

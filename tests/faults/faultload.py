@@ -1,19 +1,17 @@
 """The fault-injection suite's harness: a bounded load generator on loopback that records
 every answer, and the table of what each fault cost (requests failed, rows lost, seconds
-to recover), printed at the end of the run."""
+to recover), printed at the end of the run by tests/conftest.py.
+
+Not a conftest.py: tests import helpers with `from conftest import ...`, and a second
+module of that name would shadow the first."""
 
 from __future__ import annotations
 
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import httpx
-import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/: make_export, Traffic
 
 TEXTS = ["@united thanks for the lovely crew", "my bag is lost AGAIN", "Flight delayed 3 hours. Great.",
          "ok", "café ☕ and 😀 on board", "东京 flight was fine", "seat 12C was broken", "a\tb\nc"]
@@ -166,14 +164,9 @@ def record(fault: str, outcome: Outcome | None = None, lost: int | None = None, 
     FIGURES.append(row)
 
 
-def pytest_terminal_summary(terminalreporter):
+def summary(terminalreporter) -> None:
     if not FIGURES:
         return
     terminalreporter.section("fault injection: what each fault cost")
     for row in FIGURES:
         terminalreporter.write_line(" | ".join(f"{k}={v}" for k, v in row.items()))
-
-
-@pytest.fixture
-def figures():
-    return record
