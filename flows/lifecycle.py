@@ -58,9 +58,14 @@ def retraining_config(config: Config, old: data.Snapshot) -> Config:
     return config.model_copy(update={"data": config.data.model_copy(update=update)})
 
 
-@flow(name="train_candidates", log_prints=True, timeout_seconds=7200)
-def train_candidates(config_path: str | None, snapshot_id: str, parent_version: str | None = None) -> dict:
-    """Every configured candidate + the TF-IDF baseline, one MLflow round."""
+@flow(name="train_candidates", log_prints=True, timeout_seconds=7200, retries=1, retry_delay_seconds=30)
+def train_candidates(config_path: str | None, snapshot_id: str, parent_version: str | None = None,
+                     resume_key: str | None = None) -> dict:
+    """Every configured candidate + the TF-IDF baseline, one MLflow round. The round is
+    tagged with `resume_key` (default: this flow run's id), so a retry of the run resumes
+    that round from its checkpoints instead of starting over."""
+    from prefect.runtime import flow_run
+
     from ftops import train
 
     config = _config(config_path)
@@ -76,8 +81,13 @@ def train_candidates(config_path: str | None, snapshot_id: str, parent_version: 
                 print(f"{name}: step {step}/{total}, val macro-F1 {metrics['eval_macro_f1']:.3f}")
         return report
 
+    key = resume_key or flow_run.id
+    earlier = train.find_round(config, key) if key else None
+    if earlier:
+        print(f"flow run {key} started round {earlier} before: resuming it")
     result = train.train_round(config, snapshot, retrain=retrain, parent_model_version=parent_version,
-                               progress_for=progress_for)
+                               progress_for=progress_for, resume=earlier,
+                               tags={train.TAG_FLOW_RUN: key} if key else None, notify=print)
     best, run_id = max(result.candidates, key=lambda item: item[0].val_macro_f1)
     table = {r.candidate: {"val_macro_f1": r.val_macro_f1, "test_macro_f1": r.test_macro_f1,
                            "trainable_share": r.trainable_share, "wall_seconds": r.wall_seconds}
@@ -160,6 +170,8 @@ def monitor_drift(config_path: str | None = None) -> dict:
 def lifecycle(config_path: str | None = None, reason: str = "manual") -> dict:
     """The whole chain, once. The deployment allows one run at a time (concurrency limit 1):
     a second trigger waits in the queue rather than interleaving with this one."""
+    from prefect.runtime import flow_run
+
     from ftops.reconcile import reconcile
 
     logger = get_run_logger()
@@ -168,7 +180,9 @@ def lifecycle(config_path: str | None = None, reason: str = "manual") -> dict:
     for line in reconcile(_config(config_path)).lines():
         logger.info("reconcile: %s", line)
     prepared = prepare_data(config_path)
-    trained = train_candidates(config_path, prepared["snapshot"], prepared.get("parent_version"))
+    # Keyed by this run: a retry of the lifecycle resumes its round instead of training anew.
+    trained = train_candidates(config_path, prepared["snapshot"], prepared.get("parent_version"),
+                               resume_key=flow_run.id)
     decided = evaluate_and_decide(config_path, prepared["snapshot"], trained["best_run_id"])
     summary = {"reason": reason, "data": prepared, "train": trained, "decision": decided}
     if decided["outcome"] != "promote":

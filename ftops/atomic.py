@@ -9,6 +9,7 @@ between leaves the old file and, at worst, a stray `.<name>.*.tmp` that is remov
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from pathlib import Path
@@ -40,3 +41,16 @@ def write_bytes(path: Path | str, data: bytes, mode: int | None = None) -> Path:
 
 def write_text(path: Path | str, text: str, mode: int | None = None) -> Path:
     return write_bytes(path, text.encode("utf-8"), mode)
+
+
+def disk_full(exc: BaseException) -> bool:
+    """ENOSPC / EDQUOT anywhere in the exception chain, or a library's text for it (SQLite,
+    torch and onnx raise their own errors with the words in them)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if any(t in str(seen).lower() for t in ("no space left", "disk is full", "disk quota exceeded")):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False

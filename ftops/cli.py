@@ -34,13 +34,24 @@ ProjectDirOption = Annotated[Path | None, typer.Option(
     "--project-dir", help="Where snapshots, runs and databases go (config: project.dir).")]
 
 
+# The option that sets a config key, where it is not `--<last part of the key>`, so that a
+# config error names the flag the user typed (tests/test_docs.py holds it to the commands).
+FLAGS = {"project.dir": "--project-dir", "data.source": "--data", "data.augment.enabled": "--augment",
+         "serving.gateway_port": "--port", "monitoring.ui_port": "--port"}
+
+
+def _flag(dotted: str) -> str:
+    return FLAGS.get(dotted) or "--" + dotted.rsplit(".", 1)[-1].replace("_", "-")
+
+
 def _config(path: Path | None, overrides: dict[str, Any] | None = None, project_dir: Path | None = None):
     from ftops.config import load_config
 
     overrides = dict(overrides or {})
     if project_dir is not None:
         overrides["project.dir"] = str(project_dir)
-    return load_config(path, overrides={k: v for k, v in overrides.items() if v is not None})
+    given = {k: v for k, v in overrides.items() if v is not None}
+    return load_config(path, overrides=given, flags={k: _flag(k) for k in given})
 
 
 # ---------------------------------------------------------------- data
@@ -140,6 +151,9 @@ def train_cmd(
     max_steps: Annotated[int | None, typer.Option(help="Cap every candidate's optimizer steps (quick runs).")] = None,
     nproc: Annotated[int | None, typer.Option(
         help="Data-parallel processes, one per device (training.nproc); >1 runs torchrun DDP.")] = None,
+    resume: Annotated[str | None, typer.Option(
+        help="Continue the round with this MLflow run id (same config and snapshot): finished candidates "
+             "are kept, unfinished ones continue from their last checkpoint.")] = None,
     project_dir: ProjectDirOption = None,
 ):
     """Fine-tune candidates (+ a TF-IDF baseline) on a data snapshot, tracked in MLflow."""
@@ -152,12 +166,15 @@ def train_cmd(
     cfg = _override_candidates(cfg, epochs=epochs, max_steps=max_steps)
     names = candidates.split(",") if candidates else None
     train_stage.check_candidates(cfg, names)  # every candidate checked before any trains
+    if resume:  # the round's own snapshot, unless --snapshot names one (then it must be the same)
+        snapshot = snapshot or train_stage.saved_round(cfg, resume).snapshot_id
     if snapshot:
         snap = data_stage.load_snapshot(data_stage.snapshot_root(cfg), snapshot)
     else:
         snap = data_stage.prepare(cfg)
     ddp = f", DDP over {cfg.training.nproc} processes" if cfg.training.nproc > 1 else ""
-    out.print(f"[bold]train[/] snapshot {snap.id}: {snap.counts}{ddp}")
+    again = f" (resuming round {resume})" if resume else ""
+    out.print(f"[bold]train[/] snapshot {snap.id}: {snap.counts}{ddp}{again}")
     columns = (TextColumn("{task.description:<14}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[status]}"), TimeElapsedColumn())
     with Progress(*columns, console=out) as bars:
@@ -170,7 +187,8 @@ def train_cmd(
                             **({"status": status} if status else {}))
             return report
 
-        result = train_stage.train_round(cfg, snap, names, progress_for=progress_for)
+        result = train_stage.train_round(cfg, snap, names, progress_for=progress_for, resume=resume,
+                                         notify=lambda line: out.print(line, markup=False))
     print_round(result)
 
 
@@ -722,8 +740,10 @@ def gateway_status(config: ConfigOption = None, project_dir: ProjectDirOption = 
 
 @gateway_app.command("loadtest")
 def gateway_loadtest(
-    requests: Annotated[int, typer.Option(min=1, help="Requests to send.")] = 500,
-    concurrency: Annotated[int, typer.Option(min=1, help="Parallel clients.")] = 4,
+    requests: Annotated[int | None, typer.Option(min=1, help="Requests to send (serving.load_requests).")] = None,
+    concurrency: Annotated[int | None, typer.Option(min=1, help="Parallel clients (serving.load_concurrency).")] = None,
+    warmup: Annotated[int | None, typer.Option(
+        min=0, help="Requests sent first and not timed (serving.load_warmup).")] = None,
     max_seconds: Annotated[float, typer.Option(help="Stop after this long whatever is left.")] = 60.0,
     users: Annotated[int, typer.Option(min=0, help="Distinct user keys to send (0: none, random A/B arm).")] = 0,
     feedback_share: Annotated[float, typer.Option(
@@ -745,8 +765,11 @@ def gateway_loadtest(
         url = info.url
     frame, _ = load_builtin(data)
     frame = frame.sample(frac=1.0, random_state=0)
-    result = gateway.loadtest(url, list(frame["text"]), requests, concurrency, max_seconds, users,
-                              list(frame["label"]), feedback_share, timeout_s=cfg.serving.request_timeout_s)
+    load = cfg.serving
+    result = gateway.loadtest(url, list(frame["text"]), requests or load.load_requests,
+                              concurrency or load.load_concurrency, max_seconds, users, list(frame["label"]),
+                              feedback_share, warmup=load.load_warmup if warmup is None else warmup,
+                              timeout_s=load.request_timeout_s)
     table = Table("requests", "concurrency", "req/s", "p50 ms", "p95 ms", "p99 ms", "errors", "routes", "feedback",
                   title=f"gateway load test {url}")
     table.add_row(str(result.requests), str(result.concurrency), f"{result.throughput:.0f}", f"{result.p50_ms:.1f}",

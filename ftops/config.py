@@ -388,23 +388,28 @@ class Config(Section):
 
 
 def load_config(path: str | Path | None = None, env: dict[str, str] | None = None,
-                overrides: dict[str, Any] | None = None) -> Config:
+                overrides: dict[str, Any] | None = None, flags: dict[str, str] | None = None) -> Config:
     """Read YAML (default: $FTOPS_CONFIG, else deploy/ftops.yaml), apply `FTOPS_` env
-    overrides, then `overrides` (dotted keys, e.g. from CLI flags), and validate."""
+    overrides, then `overrides` (dotted keys, e.g. from CLI flags), and validate.
+
+    `flags` names the option each override came from ({"serving.gateway_port": "--port"}),
+    so an error points at what the user typed; an override without one is named as such.
+    """
     env = dict(os.environ if env is None else env)
     if path is None:
         path = env.get(f"{ENV_PREFIX}CONFIG") or DEFAULT_CONFIG
     path = Path(path)
-    raw = {} if path == DEFAULT_CONFIG and not path.exists() else _read_yaml(path)
+    read = not (path == DEFAULT_CONFIG and not path.exists())
+    raw = _read_yaml(path) if read else {}
     sources = _apply_env(raw, env)
     for dotted, value in (overrides or {}).items():
         keys = tuple(dotted.split("."))
         _set(raw, keys, value)
-        sources[keys] = "--" + keys[-1].replace("_", "-")
+        sources[keys] = (flags or {}).get(dotted) or f"the override {dotted}"
     try:
         return Config.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(_explain(exc, path, sources)) from None
+        raise ConfigError(_explain(exc, path, sources, str(path) if read else "the built-in defaults")) from None
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -458,13 +463,18 @@ def _set(raw: dict[str, Any], keys: tuple[str, ...], value: Any) -> None:
     node[keys[-1]] = value
 
 
-def _explain(exc: ValidationError, path: Path, sources: dict[tuple[str, ...], str]) -> str:
-    lines = []
+def _explain(exc: ValidationError, path: Path, sources: dict[tuple[str, ...], str],
+             file_origin: str | None = None) -> str:
+    """One clause per error: the key, the value, where it came from (a flag, a variable or
+    the file; for a rule over a whole section, the file and what overrode keys inside it)
+    and what is allowed."""
+    lines, file_origin = [], file_origin or str(path)
     for err in exc.errors():
         loc = tuple(str(p) for p in err["loc"])
         key = ".".join(loc) or "(top level)"
-        origin = sources.get(loc)
-        where = f" (from {origin})" if origin else ""
+        inside = ", ".join(sorted({origin for keys, origin in sources.items() if keys[:len(loc)] == loc}))
+        origin = sources.get(loc) or (f"{file_origin} with {inside}" if inside else file_origin)
+        where = f" (from {origin})"
         if err["type"] == "extra_forbidden":
             allowed = _allowed_keys(loc[:-1])
             lines.append(f"unknown key '{key}'{where}; allowed here: {', '.join(allowed)}")

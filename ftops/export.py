@@ -35,7 +35,6 @@ deterministic sum); tests check it. Quantised files also depend on the calibrati
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
@@ -269,13 +268,8 @@ def sync_tree(folder: Path) -> None:
 def disk_full(exc: BaseException, folder: Path) -> bool:
     """ENOSPC / EDQUOT in the chain, a library's text for it (torch and onnx raise RuntimeError),
     or a failure that left almost no space on the folder's device."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
-            return True
-        if any(t in str(seen).lower() for t in ("no space left", "disk quota exceeded", "disk is full")):
-            return True
-        seen = seen.__cause__ or seen.__context__
+    if atomic.disk_full(exc):
+        return True
     if isinstance(exc, (KeyboardInterrupt, ExportError)):
         return False
     try:

@@ -36,7 +36,6 @@ runs from the cache when the registry does not answer (and says so in its reason
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
@@ -832,16 +831,7 @@ def write_html(snapshots: list, path: Path) -> Path:
     return atomic.write_text(path, render_widgets(widgets + tests, as_iframe=False), mode=REPORT_MODE)
 
 
-def disk_full(exc: BaseException) -> bool:
-    """ENOSPC / EDQUOT anywhere in the chain, or a library's text for it (SQLite, onnx)."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
-            return True
-        if any(t in str(seen).lower() for t in ("no space left", "disk is full", "disk quota exceeded")):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
+disk_full = atomic.disk_full
 
 
 def _no_space(folder: Path, what: str, exc: BaseException) -> MonitorError:

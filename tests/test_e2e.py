@@ -29,7 +29,8 @@ def test_the_closed_loop(tmp_path, capsys):
     settings["project"]["dir"] = str(tmp_path / "project")
     settings["uris"] = {"prefect_api": f"http://127.0.0.1:{free_port()}/api",
                         "mlflow_ui": f"http://127.0.0.1:{free_port()}"}
-    settings["serving"].update({"http_port": 0, "grpc_port": 0, "metrics_port": 0, "gateway_port": 0})
+    settings["serving"].update({"http_port": 0, "grpc_port": 0, "metrics_port": 0, "gateway_port": 0,
+                                "load_requests": 300})  # two P99 gates at half the demo's load: CI time
     settings["monitoring"]["ui_port"] = free_port()
     path = tmp_path / "e2e.yaml"
     path.write_text(yaml.safe_dump(settings))

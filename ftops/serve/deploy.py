@@ -106,7 +106,8 @@ def wanted_aliases(routes: dict[str, Route]) -> dict[str, str]:
 def champion_model(config: Config) -> str:
     route = routing(config).get("champion")
     if route is None:
-        raise ServingError("Nothing is deployed yet: no champion route. Run `ftops deploy --model ...`.")
+        raise ServingError("Nothing is deployed yet: no champion route. Run "
+                           "`ftops deploy --export <export folder>` (from `ftops export`).")
     return route.ensemble
 
 

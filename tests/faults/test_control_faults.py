@@ -46,7 +46,7 @@ def prefect(tmp_path_factory):
     path.write_text(yaml.safe_dump(settings))
     config = load_config(path)
     env = services.environment(config, str(path))
-    saved = {k: os.environ.get(k) for k in env}
+    saved = dict(os.environ)
     os.environ.update(env)
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
@@ -59,11 +59,8 @@ def prefect(tmp_path_factory):
             yield config, env, deployment_id
     finally:
         procs.stop(services.folder(config), "prefect")
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        os.environ.clear()
+        os.environ.update(saved)
     assert procs.status(services.folder(config), "prefect") is None
 
 

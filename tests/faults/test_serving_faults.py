@@ -59,6 +59,7 @@ def stack(tmp_path_factory):
     path = root / "faults.yaml"
     path.write_text(yaml.safe_dump(settings))
     config = load_config(path)
+    saved = dict(os.environ)  # services export FTOPS_PROJECT__DIR & co. into this process: undone below
     try:
         server.start(config)
         assert deploy.deploy(config, exports[0], TEXTS * 2).outcome == "promoted"
@@ -67,6 +68,8 @@ def stack(tmp_path_factory):
         yield Stack(config, path, exports)
     finally:
         services.down(config)
+        os.environ.clear()
+        os.environ.update(saved)
     assert all(r.state == "down" for r in services.status(config))
 
 
