@@ -339,7 +339,28 @@ def restart(config: Config, name: str, config_path: str | None = None) -> tuple[
 
 def _start(config: Config, name: str, config_path: str | None) -> str | None:
     env = environment(config, config_path)
-    os.environ.update(env)  # in-process starts (Triton, gateway, Evidently UI) see the same
+    with _exported(env):  # the children of in-process starts (Triton, gateway, Evidently UI) see it too
+        return _start_with(config, name, config_path, env)
+
+
+@contextmanager
+def _exported(env: dict[str, str]):
+    """`env` in os.environ while a service starts, as it was before afterwards: a start made
+    inside another program (a test, the demo, the CLI) must not repoint that program's own
+    FTOPS_PROJECT__DIR / PREFECT_API_URL at this project."""
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _start_with(config: Config, name: str, config_path: str | None, env: dict[str, str]) -> str | None:
     base = folder(config)
     if name == "prefect":
         procs.start(base, prefect_service(config, env), config.retention)
