@@ -37,8 +37,13 @@ def test_the_closed_loop(tmp_path, capsys):
     config = load_config(path)
     lines: list[str] = []
     saved = dict(os.environ)  # the demo exports the project's PREFECT_* / FTOPS_* settings
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
     try:
-        story = demo.run(str(path), reset=True, say=lines.append)
+        # Prefect reads the environment once per process: an earlier test that imported it
+        # (tests/faults) fixed another server's URL, so this one is named explicitly.
+        with temporary_settings(updates={PREFECT_API_URL: config.uris.prefect_api}):
+            story = demo.run(str(path), reset=True, say=lines.append)
     finally:
         rows = services.status(config)
         stopped = services.down(config)
