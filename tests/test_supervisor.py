@@ -86,12 +86,27 @@ def serving_champion(config, old_pid: int):
     return info
 
 
-def group_gone(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return True
-    return False
+def group_gone(pgid: int, timeout_s: float = 5.0) -> bool:
+    """No live process is left in the group. A zombie holds neither ports nor memory, and
+    whether one lingers depends on the container's init reaping orphans, not on ftops."""
+    import psutil
+
+    def live() -> list[int]:
+        found = []
+        for proc in psutil.process_iter(["pid", "status"]):
+            try:
+                if os.getpgid(proc.pid) == pgid and proc.info["status"] != psutil.STATUS_ZOMBIE:
+                    found.append(proc.pid)
+            except (ProcessLookupError, psutil.Error):
+                continue
+        return found
+
+    deadline = time.monotonic() + timeout_s
+    while live():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
 
 
 def supervisor_log(config) -> str:
