@@ -80,7 +80,7 @@ def run(config_path: str, reset: bool = True, say: Callable[[str], None] = print
 
     clock = time.monotonic()
     first = start_lifecycle(config_path, "initial")
-    state = wait_for(first, say)
+    state = wait_for(first, say, config)
     champion = registry.find(config, registry.CHAMPION)
     if champion is None:
         raise RuntimeError(f"The first lifecycle run ended {state} without a champion; see the Prefect UI "
@@ -121,7 +121,7 @@ def run(config_path: str, reset: bool = True, say: Callable[[str], None] = print
     clock = time.monotonic()
     retrain_run, delay = find_triggered_run(event_time, say)
     story.drift_to_run_s = delay
-    state = wait_for(retrain_run, say)
+    state = wait_for(retrain_run, say, config)
     new_champion = registry.find(config, registry.CHAMPION)
     promoted = new_champion is not None and new_champion.version != champion.version
     story.steps.append(Step("drift-triggered retraining", f"lifecycle run {state} started by the drift event "
@@ -173,21 +173,18 @@ def start_lifecycle(config_path: str, reason: str):
                           timeout=0)
 
 
-def wait_for(flow_run, say: Callable[[str], None], limit_s: float = 3600) -> str:
-    from prefect.client.orchestration import get_client
+def wait_for(flow_run, say: Callable[[str], None], config: Config | None = None, limit_s: float = 3600) -> str:
+    """Follow a lifecycle run as `ftops run` does (its stages' log lines and states, live);
+    the final state's name (Promoted, Rejected at A/B, ...). With the config, the outcome
+    line of the run's summary closes it."""
+    from ftops import run as runs
 
-    deadline = time.monotonic() + limit_s
-    last = None
-    with get_client(sync_client=True) as client:
-        while time.monotonic() < deadline:
-            current = client.read_flow_run(flow_run.id)
-            if current.state and current.state.name != last:
-                last = current.state.name
-                say(f"  flow run {current.name}: {last}")
-            if current.state and current.state.is_final():
-                return current.state.name
-            time.sleep(2)
-    raise TimeoutError(f"flow run {flow_run.id} did not finish in {limit_s:.0f} s")
+    final = runs.follow(flow_run.id, lambda line: say(f"  {line}"), limit_s=limit_s)
+    if config is not None:
+        summary = runs.load_summary(config, str(final.id))
+        say("  " + (runs.outcome(summary).line if summary and final.state.is_completed()
+                    else f"{final.state.name}: {final.state.message or 'no message'}"))
+    return final.state.name
 
 
 def run_check(config_path: str, say: Callable[[str], None]) -> str:

@@ -3,7 +3,11 @@
 lifecycle = prepare data -> train candidates -> A/B the best against the champion ->
 export + deploy behind the gates (the registry alias moves only when serving passes).
 Flows take `config_path` (a YAML file) so a deployment, a trigger and the CLI all run the
-same thing; everything they return is a small JSON-able dict.
+same thing; everything they return is a small JSON-able dict. The lifecycle and the monitor
+end in a Completed state whose NAME says what happened (Promoted, Rejected at A/B, ...,
+Skipped), so the Prefect UI tells a refused challenger from a promotion at a glance; the
+lifecycle also leaves its summary in `<project dir>/runs/lifecycle-<flow run id>.json` and a
+markdown artifact `lifecycle-<project>` (ftops.run).
 """
 
 from __future__ import annotations
@@ -12,8 +16,10 @@ import json
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
+from prefect.states import Completed
 
 from ftops import data, registry
+from ftops import run as runs
 from ftops.config import Config, load_config
 
 
@@ -109,10 +115,28 @@ def evaluate_and_decide(config_path: str | None, snapshot_id: str, run_id: str) 
     protected = ["source"] if "source" in snapshot.split("test") else None
     decision, version = decide.decide(config, snapshot, run_id, protected=protected, promote=False)
     print(decision.summary)
+    rules = [{"name": r.name, "passed": bool(r.passed), "value": _number(r.value), "threshold": _number(r.threshold),
+              "detail": r.detail} for r in decision.rules]
     return {"outcome": decision.outcome, "summary": decision.summary, "version": version.version,
+            "mode": decision.mode, "reference": decision.reference, "rules": rules,
+            "failed_rules": [r["name"] for r in rules if not r["passed"]],
             "metrics": {k: (v or {}).get("macro_f1") for k, v in decision.metrics.items()},
             "slices": {k: v.get("delta") for k, v in decision.slices.items()},
             "test_rows_by_source": decision.context.get("test_rows_by_source")}
+
+
+def _number(value) -> float | None:
+    return None if value is None else float(value)
+
+
+PARITY_FIGURES = ("max_abs_diff", "agreement", "delta_macro_f1", "p50_ms", "p99_ms", "size_mb")
+
+
+def variant_figures(exported) -> dict:
+    """Each ONNX variant's parity-gate status and figures, for the summary and the artifact."""
+    return {name: {"status": r.status, "reason": r.reason,
+                   **{k: float(r.figures[k]) for k in PARITY_FIGURES if k in r.figures}}
+            for name, r in exported.variants.items()}
 
 
 @flow(name="export_and_deploy", log_prints=True, timeout_seconds=3600)
@@ -127,8 +151,8 @@ def export_and_deploy(config_path: str | None, version: str, snapshot_id: str, r
     exported = export.export_version(config, version, snapshot, run_id=run_id, progress=print)
     if exported.selected is None:
         print(f"export: no variant passed the parity gate ({exported.selection_reason}); champion keeps serving")
-        return {"outcome": "rejected", "reason": f"export: {exported.selection_reason}",
-                "export": str(exported.out_dir)}
+        return {"gate": "export", "outcome": "rejected", "reason": f"export: {exported.selection_reason}",
+                "export": str(exported.out_dir), "variants": variant_figures(exported), "version": version}
     test_texts = list(snapshot.split("test")["text"])
     # One promotion at a time: a `ftops deploy` / `rollback` by hand waits for this one. The
     # export above stays outside the lock (minutes of work that moves nothing).
@@ -146,30 +170,67 @@ def export_and_deploy(config_path: str | None, version: str, snapshot_id: str, r
                                   "builds it")
     for item in unfinished:
         print(f"unfinished: {item}")
-    return {"outcome": result.outcome, "reason": result.reason, "export": str(exported.out_dir),
-            "variant": exported.selected, "load": result.load, "unfinished": unfinished}
+    return {"gate": "deploy", "outcome": result.outcome, "reason": result.reason, "export": str(exported.out_dir),
+            "version": version, "variant": exported.selected, "variants": variant_figures(exported),
+            "smoke": result.smoke, "load": result.load, "p99_slo_ms": config.gates.p99_ms, "unfinished": unfinished}
 
 
 @flow(name="monitor_drift", log_prints=True, timeout_seconds=900)
-def monitor_drift(config_path: str | None = None) -> dict:
+def monitor_drift(config_path: str | None = None):
     """One drift check of recent traffic against the champion's reference; on an alert the
     check emits `ftops.drift.detected`, which the lifecycle deployment's trigger turns into
-    a retraining run. Then retention (ftops.retention) bounds what the loop accumulates."""
+    a retraining run. Then retention (ftops.retention) bounds what the loop accumulates.
+    Before the first champion there is nothing to compare with: the run ends "Skipped"
+    (a Completed state) with the reason, not red at every interval."""
     from ftops import monitor, retention
 
     config = _config(config_path)
+    why = no_champion(config)
+    if why is not None:
+        print(f"skipped: {why}")
+        pruned = retention.apply(config)
+        return Completed(name=runs.SKIPPED, message=why, data={"skipped": why, "retention": pruned.as_dict()})
     result = monitor.check(config)
     print(f"{result.decision} (alert: {result.alert}, event: {result.event_state or '-'}): {result.reason}")
+    online_ab = close_online_ab(config)
     pruned = retention.apply(config)
     print("retention: " + "; ".join(pruned.lines()))
     figures = {"check_id": result.id, **{k: v for k, v in result.row().items() if k != "ts"}}
-    return {**json.loads(json.dumps(figures, default=str)), "retention": pruned.as_dict()}
+    return {**json.loads(json.dumps(figures, default=str)), "online_ab": online_ab, "retention": pruned.as_dict()}
+
+
+def close_online_ab(config: Config) -> dict | None:
+    """On the monitor's schedule: an online A/B or shadow experiment with enough feedback is
+    decided (promoted through the deploy gates, or rejected); with too little it waits."""
+    from ftops import online
+
+    if online.current(config) is None:
+        return None
+    decided = online.decide(config)
+    print(f"online experiment: {decided.outcome}: {decided.summary}")
+    return {"outcome": decided.outcome, "summary": decided.summary}
+
+
+def no_champion(config: Config) -> str | None:
+    """Why a drift check has nothing to compare traffic with, or None. The route is read
+    first (a local file); the registry only when MLflow answers, so a down tracking server
+    leaves the decision to the check and its cached reference."""
+    from ftops import monitor
+    from ftops.serve import deploy
+
+    if "champion" in deploy.routing(config):
+        return None
+    if not monitor.mlflow_reachable(config)[0] or registry.find(config, registry.CHAMPION) is not None:
+        return None
+    return (f"no champion yet for {config.project.name} (no champion route, no registry champion): nothing serves, "
+            "so there is no traffic to compare; the first lifecycle run (`ftops run`) makes one")
 
 
 @flow(name="lifecycle", log_prints=True, timeout_seconds=4 * 3600)
-def lifecycle(config_path: str | None = None, reason: str = "manual") -> dict:
+def lifecycle(config_path: str | None = None, reason: str = "manual"):
     """The whole chain, once. The deployment allows one run at a time (concurrency limit 1):
-    a second trigger waits in the queue rather than interleaving with this one."""
+    a second trigger waits in the queue rather than interleaving with this one. It ends in a
+    Completed state named after the outcome, whose result is the summary dict."""
     from prefect.runtime import flow_run
 
     from ftops.reconcile import reconcile
@@ -185,12 +246,44 @@ def lifecycle(config_path: str | None = None, reason: str = "manual") -> dict:
                                resume_key=flow_run.id)
     decided = evaluate_and_decide(config_path, prepared["snapshot"], trained["best_run_id"])
     summary = {"reason": reason, "data": prepared, "train": trained, "decision": decided}
-    if decided["outcome"] != "promote":
-        logger.info("challenger rejected; the champion keeps serving: %s", decided["summary"])
-        return summary
-    summary["deploy"] = export_and_deploy(config_path, decided["version"], prepared["snapshot"],
-                                          trained["best_run_id"])
-    return summary
+    config = _config(config_path)
+    if decided["outcome"] == "promote" and config.gates.promotion != "direct":
+        summary["online"] = stage_online(config, decided["version"], prepared["snapshot"])
+    elif decided["outcome"] == "promote":
+        summary["deploy"] = export_and_deploy(config_path, decided["version"], prepared["snapshot"],
+                                              trained["best_run_id"])
+    return finish(config, summary, flow_run.id)
+
+
+def stage_online(config: Config, version: str, snapshot_id: str) -> dict:
+    """`gates.promotion: online_ab | shadow`: the offline winner is staged beside the champion
+    (export, parity and smoke gates) and judged on live traffic; the monitor flow decides it
+    once `gates.online_min_feedback` labelled rows per arm have come back."""
+    from ftops import online
+
+    started = online.start(config, version, online.POLICY_OF_PROMOTION[config.gates.promotion],
+                           snapshot_id=snapshot_id, progress=print)
+    experiment = started.experiment
+    print(f"staged v{version} for an online {experiment.policy} against the champion")
+    return {"version": version, "policy": experiment.policy, "share": experiment.share,
+            "challenger": started.route.ensemble}
+
+
+def finish(config: Config, summary: dict, flow_run_id: str | None):
+    """The outcome as the state's name and message, the summary file and the artifact."""
+    from prefect.artifacts import create_markdown_artifact
+
+    result = runs.outcome(summary)
+    summary.update(outcome=result.name, outcome_line=result.line, flow_run_id=flow_run_id)
+    get_run_logger().info("%s", result.line)
+    if flow_run_id:
+        runs.save_summary(config, flow_run_id, summary)
+    try:
+        create_markdown_artifact(key=runs.artifact_key(config), markdown=runs.markdown(summary),
+                                 description=f"{config.project.name}: {result.name}")
+    except Exception as exc:  # noqa: BLE001 - the outcome stands; the state and the summary file carry it
+        get_run_logger().warning("the lifecycle artifact was not created (%s)", exc)
+    return Completed(name=result.name, message=result.line, data=summary)
 
 
 def config_path_of(path: str | Path | None) -> str | None:

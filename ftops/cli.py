@@ -582,7 +582,26 @@ def models_ls():
     out.print(table)
 
 
-# ---------------------------------------------------------------- demo
+# ---------------------------------------------------------------- run, demo
+
+
+@app.command("run")
+def run_cmd(
+    config: ConfigOption = None,
+    in_process: Annotated[bool, typer.Option(
+        "--in-process", help="Run the flows in this process even when the deployment is served.")] = False,
+    reason: Annotated[str, typer.Option(help="Why it runs; recorded with the run (manual, schedule, drift, ...).")] = "manual",
+):
+    """The lifecycle once (data, train, A/B, export, deploy) with live progress: through the
+    Prefect deployment when `ftops up` serves it, else in this process. Exit 0 when it
+    promoted or a gate refused the challenger, 1 when the run failed."""
+    from ftops import run as runs
+
+    cfg = _config(config)
+    finished = runs.run(cfg, runs.config_path_of(config), reason, in_process,
+                        say=lambda line: out.print(line, markup=False, highlight=False, soft_wrap=True))
+    runs.report(out, finished)
+    raise typer.Exit(runs.exit_code(finished))
 
 
 @app.command("demo")
@@ -674,7 +693,7 @@ def print_services(rows) -> None:
 
 gateway_app = typer.Typer(help="The HTTP gateway in front of Triton: text in/out, prediction log, A/B and shadow.",
                           no_args_is_help=True)
-ab_app = typer.Typer(help="Online A/B and shadow results from the prediction log.", no_args_is_help=True)
+ab_app = typer.Typer(help="Online A/B and shadow experiments: start, report, decide, stop.", no_args_is_help=True)
 app.add_typer(gateway_app, name="gateway")
 app.add_typer(ab_app, name="ab")
 
@@ -790,18 +809,27 @@ def ab_report_cmd(
     """Champion vs challenger on logged traffic with feedback: accuracy, macro-F1 (bootstrap
     CIs), latency and a significance test (unpaired for A/B, paired for shadow)."""
     import json
+    from dataclasses import asdict
     from datetime import UTC, datetime, timedelta
 
-    from ftops import predlog
+    from ftops import online, predlog
     from ftops.serve.traffic import REPORT_MAX_ROWS, ab_report, report_rows
 
     cfg = _config(config, project_dir=project_dir).resolved()
     since = datetime.now(UTC) - timedelta(hours=since_hours) if since_hours else None
-    frame = report_rows(predlog.engine(cfg.uris.prediction_log), since=since, last=last)  # bounded, in chunks
+    experiment = online.current(cfg)
+    if experiment is not None and since is None and last is None:
+        frame = online.window(cfg, experiment)  # the running experiment's rows, its two models
+    else:
+        frame = report_rows(predlog.engine(cfg.uris.prediction_log), since=since, last=last)  # bounded, in chunks
     report = ab_report(frame, alpha=cfg.gates.alpha)
     if as_json:
-        out.print_json(json.dumps(report))
+        out.print_json(json.dumps({**report, "experiment": asdict(experiment) if experiment else None}))
         return
+    if experiment is not None:
+        window = "its rows" if since is None and last is None else "the window asked for"
+        out.print(f"[bold]experiment[/] {experiment.describe()} (champion {experiment.champion}, challenger "
+                  f"{experiment.challenger}); report on {window}", highlight=False)
     if last is None and len(frame) == REPORT_MAX_ROWS:
         out.print(f"[yellow]Only the newest {REPORT_MAX_ROWS} logged rows were read; pass --last or --since-hours "
                   "for another window.[/]")
@@ -843,6 +871,75 @@ def _with_ci(row: dict, metric: str) -> str:
 
 def _num1(value) -> str:
     return "-" if value is None else f"{value:.1f}"
+
+
+@ab_app.command("start")
+def ab_start_cmd(
+    version: Annotated[str, typer.Option(help="Registry version to put online as the challenger (3 or v3).")],
+    share: Annotated[float | None, typer.Option(
+        min=0.0, max=1.0, help="Share of users sent to the challenger (default: serving.ab_share).")] = None,
+    shadow: Annotated[bool, typer.Option(
+        "--shadow", help="Mirror every request to the challenger instead; the champion answers all of them.")] = False,
+    config: ConfigOption = None, snapshot: SnapshotOption = None, project_dir: ProjectDirOption = None,
+):
+    """Stage a registry version beside the champion (its verified export, else a new one; the
+    smoke gate) and split live traffic to it (A/B) or mirror it (shadow)."""
+    from ftops import online
+
+    if shadow and share is not None:
+        raise typer.BadParameter("--share splits traffic and --shadow mirrors it: give one of them.")
+    cfg = _config(config, project_dir=project_dir)
+    started = online.start(cfg, version, online.SHADOW if shadow else online.AB, share, snapshot,
+                           progress=lambda line: out.print(f"  {line}", highlight=False))
+    experiment = started.experiment
+    out.print(f"[bold green]STARTED[/] {experiment.describe()}", highlight=False)
+    out.print(f"  challenger {experiment.challenger} from {experiment.export}", highlight=False)
+    out.print(f"  {started.gateway}", highlight=False)
+    out.print("  report: `ftops ab report`; decide once it has feedback: `ftops ab decide`", highlight=False)
+
+
+@ab_app.command("stop")
+def ab_stop_cmd(
+    reason: Annotated[str, typer.Option(help="Why it ends (kept in the experiment's record).")] = "stopped by hand",
+    config: ConfigOption = None, project_dir: ProjectDirOption = None,
+):
+    """End the running experiment without a decision: the challenger is unstaged and all
+    traffic returns to the champion."""
+    from ftops import online
+
+    ended = online.stop(_config(config, project_dir=project_dir), reason)
+    if ended is None:
+        out.print("no experiment was running")
+        return
+    out.print(f"[bold]STOPPED[/] {ended.describe()}: {reason}; all traffic goes to the champion", highlight=False)
+
+
+@ab_app.command("decide")
+def ab_decide_cmd(
+    min_feedback: Annotated[int | None, typer.Option(
+        min=1, help="Rows with feedback each arm needs first (default: gates.online_min_feedback).")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only say what it would decide.")] = False,
+    config: ConfigOption = None, project_dir: ProjectDirOption = None,
+):
+    """Decide the running experiment from its online figures: promote (through the smoke and
+    P99 gates), reject, or wait for more feedback; a decision ends the experiment."""
+    from ftops import online
+
+    cfg = _config(config, project_dir=project_dir)
+    result = online.decide(cfg, min_feedback, apply=not dry_run)
+    if result.decision is not None:
+        print_decision(result.decision)
+    else:
+        colour = {"promote": "green", "reject": "red"}.get(result.outcome, "yellow")
+        out.print(f"[bold {colour}]{result.outcome.upper()}[/] {result.summary}", highlight=False)
+    if result.deploy is not None:
+        print_deploy(result.deploy)
+    for item in result.unfinished:
+        out.print(f"  [yellow]unfinished:[/] {item}", highlight=False)
+    if result.folder is not None:
+        out.print(f"decision written to {result.folder}; experiment ended ({result.experiment.outcome})")
+    if result.outcome == online.REJECT:
+        raise typer.Exit(1)
 
 
 # ---------------------------------------------------------------- monitor

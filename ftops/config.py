@@ -184,6 +184,11 @@ class GatesSection(Section):
         "labels of each text alone vs inside one mixed-length batch; below it = unbatched_only"))
     batch_prob_atol: float = Field(1e-3, gt=0, description=(
         "largest probability change of a text alone vs inside a batch; above it = unbatched_only"))
+    promotion: Literal["direct", "online_ab", "shadow"] = Field("direct", description=(
+        "after the offline A/B: direct (deploy behind the serving gates), online_ab (stage it for a "
+        "live A/B split, `ftops ab decide` promotes) or shadow (stage it for a shadow copy of traffic)"))
+    online_min_feedback: int = Field(200, ge=1, description=(
+        "feedback rows each arm of an online A/B or shadow experiment needs before `ftops ab decide` decides"))
 
 
 class ServingSection(Section):

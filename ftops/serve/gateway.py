@@ -17,7 +17,9 @@ each prediction), and each text is one log row under its own id, so `/feedback` 
 names exactly one text. A shadow answer is logged under the same id with route `shadow`.
 
 Routes are re-read from `<project>/triton/routing.json` at most every
-`serving.route_refresh_s`, so a deploy or rollback is followed without a restart.
+`serving.route_refresh_s`, so a deploy or rollback is followed without a restart; so is
+the traffic policy of a running experiment (`<project>/triton/experiment.json`, written by
+`ftops ab start`; ftops.serve.traffic.LivePolicy), else `serving.traffic`.
 
 Faults: a challenger that fails (Triton error, model not loaded, time limit) never costs
 its users an answer: the champion answers instead, counted in
@@ -81,7 +83,7 @@ from ftops.serve import server
 from ftops.serve.client import Prediction, TritonClient, failure_kind
 from ftops.serve.deploy import Route, routing
 from ftops.serve.repository import ServingError
-from ftops.serve.traffic import make_policy
+from ftops.serve.traffic import LivePolicy
 
 ENV_CONFIG = "FTOPS_GATEWAY_CONFIG"
 DEAD_LETTER_MAX_BYTES = 64 * 2 ** 20  # refused rows kept on disk; beyond, only counted
@@ -398,7 +400,7 @@ class Gateway:
         self.serving = cfg = self.config.serving
         self.config.project.dir.mkdir(parents=True, exist_ok=True)
         self.routes = RouteTable(self.config, cfg.route_refresh_s)
-        self.policy = make_policy(cfg, salt=self.config.project.name)
+        self.policy = LivePolicy.for_config(self.config)  # the running experiment's, else serving.traffic
         self.clients = Clients(self.config)
         self._engine = None
         self._engine_lock = threading.Lock()

@@ -12,13 +12,24 @@ Fallbacks (the challenger failed, the champion answered: `fallback_from` on the 
 counted for the arm they were assigned to and left out of both arms' numbers: the answer
 is not the challenger's, and the user was not in the champion's arm.
 `report_rows` reads its input: a bounded window of the log, in chunks, only the columns used.
+
+A running experiment (ftops.online: `ftops ab start`) is recorded in
+`<project>/triton/experiment.json` (policy, share, challenger, started_at); `LivePolicy`
+is the gateway's policy that follows it, re-read like routing.json, so starting or
+stopping an experiment needs no gateway restart. Without the record the gateway uses
+`serving.traffic`.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
 import random
+import threading
+import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -26,11 +37,13 @@ import pandas as pd
 from scipy.stats import norm
 
 from ftops import predlog
-from ftops.config import ServingSection
+from ftops.config import Config, ServingSection
 from ftops.evaluate import BATCH_METRICS, _confusions, mcnemar, paired_bootstrap
 
 REPORT_COLUMNS = ("request_id", "route", "prediction", "feedback", "latency_ms", "model", "version", "fallback_from")
 REPORT_MAX_ROWS = 200_000  # newest log rows a report reads when no row count is given
+EXPERIMENT_FILE = "experiment.json"  # in <project>/triton, beside routing.json
+log = logging.getLogger(__name__)
 NO_CHALLENGER = "no challenger route: all traffic goes to the champion (stage a challenger to split or mirror it)"
 
 
@@ -105,6 +118,72 @@ def make_policy(serving: ServingSection, salt: str = "") -> Policy:
     if serving.traffic == "ab":
         return ABPolicy(serving.ab_share, salt)
     return POLICIES[serving.traffic]()
+
+
+# ---------------------------------------------------------------- the running experiment
+
+
+def experiment_file(config: Config) -> Path:
+    return config.resolved().project.dir / "triton" / EXPERIMENT_FILE
+
+
+def read_experiment(path: Path) -> dict | None:
+    """The running experiment's record, None when none runs (written atomically by ftops.online)."""
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text())
+
+
+def experiment_policy(experiment: dict | None, serving: ServingSection, salt: str = "") -> Policy:
+    """The experiment's policy (ab with its share, or shadow), else the configured one."""
+    if experiment is None:
+        return make_policy(serving, salt)
+    if experiment["policy"] == "ab":
+        return ABPolicy(float(experiment["share"]), salt)
+    return POLICIES[experiment["policy"]]()
+
+
+class LivePolicy:
+    """The gateway's policy: the running experiment's, else `serving.traffic`; the record is
+    re-read at most every `every_s` seconds (serving.route_refresh_s, as routing.json), so
+    `ftops ab start / stop` take effect without a restart, which would refuse requests. A
+    record caught unreadable keeps the last policy. Same surface as a Policy."""
+
+    def __init__(self, serving: ServingSection, path: Path, salt: str = "", every_s: float = 0.5):
+        self.serving, self.path, self.salt, self.every_s = serving, path, salt, every_s
+        self._policy = make_policy(serving, salt)
+        self._read_at = float("-inf")
+        self._lock = threading.Lock()
+
+    @classmethod
+    def for_config(cls, config: Config) -> LivePolicy:
+        return cls(config.serving, experiment_file(config), config.project.name, config.serving.route_refresh_s)
+
+    def current(self) -> Policy:
+        if time.monotonic() - self._read_at >= self.every_s:
+            with self._lock:
+                if time.monotonic() - self._read_at >= self.every_s:
+                    self._policy = self._read()
+                    self._read_at = time.monotonic()
+        return self._policy
+
+    def _read(self) -> Policy:
+        try:
+            return experiment_policy(read_experiment(self.path), self.serving, self.salt)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("cannot read the experiment record %s (%s); keeping the policy %s", self.path, exc,
+                        self._policy.describe())
+            return self._policy
+
+    @property
+    def name(self) -> str:
+        return self.current().name
+
+    def assign(self, user_key: str | None, has_challenger: bool) -> Assignment:
+        return self.current().assign(user_key, has_challenger)
+
+    def describe(self) -> str:
+        return self.current().describe()
 
 
 # ---------------------------------------------------------------- the online A/B report
