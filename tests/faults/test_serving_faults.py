@@ -237,19 +237,25 @@ def test_kill_9_triton_under_load(stack):
     record("kill -9 Triton under load", out, lost=len(out.ok_ids()) - len(rows), recover_s=recover)
 
 
-def test_sigterm_to_the_gateway_under_load_loses_no_logged_row(stack):
-    config = stack.config
-    before = gateway.status(config)
+def signal_the_gateway(stack, sig: int):
+    """Under load, send `sig` to the gateway, wait until the supervisor's restart answers
+    again; what the load saw, and when the signal went."""
+    before = gateway.status(stack.config)
     with Load(stack.url, rate=40) as load:
         time.sleep(2)
-        os.kill(before.pid, signal.SIGTERM)
-        stopped = time.monotonic()
-        wait_until(lambda: (g := gateway.status(config)) is not None and g.pid != before.pid, 60,
+        os.kill(before.pid, sig)
+        sent = time.monotonic()
+        wait_until(lambda: (g := gateway.status(stack.config)) is not None and g.pid != before.pid, 60,
                    "the gateway restarted")
-        wait_until(lambda: any(a.status == 200 and a.sent > stopped + 0.5 for a in load.outcome.answers), 30,
+        wait_until(lambda: any(a.status == 200 and a.sent > sent + 0.5 for a in load.outcome.answers), 30,
                    "answers again")
         time.sleep(1)
-    out = load.outcome
+    return load.outcome, sent
+
+
+def test_sigterm_to_the_gateway_under_load_loses_no_logged_row(stack):
+    config = stack.config
+    out, stopped = signal_the_gateway(stack, signal.SIGTERM)
     rows = logged(config, out.ok_ids())
     assert len(rows) == len(out.ok_ids())  # every answered request is in the log
     recover = out.recovered_after(stopped)
@@ -259,18 +265,8 @@ def test_sigterm_to_the_gateway_under_load_loses_no_logged_row(stack):
 
 def test_kill_9_the_gateway_under_load(stack):
     config = stack.config
-    before = gateway.status(config)
     flush_window = config.serving.log_flush_ms / 1000
-    with Load(stack.url, rate=40) as load:
-        time.sleep(2)
-        os.kill(before.pid, signal.SIGKILL)
-        killed = time.monotonic()
-        wait_until(lambda: (g := gateway.status(config)) is not None and g.pid != before.pid, 60,
-                   "the gateway restarted")
-        wait_until(lambda: any(a.status == 200 and a.sent > killed + 0.5 for a in load.outcome.answers), 30,
-                   "answers again")
-        time.sleep(1)
-    out = load.outcome
+    out, killed = signal_the_gateway(stack, signal.SIGKILL)
     rows = logged(config, out.ok_ids(), timeout_s=5)
     lost = len(out.ok_ids()) - len(rows)
     answered_in_window = sum(killed - flush_window - 0.5 <= a.done <= killed for a in out.ok)
