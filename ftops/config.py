@@ -40,7 +40,9 @@ class AugmentSection(Section):
 
 
 class DataSection(Section):
-    source: str = "builtin:tweets?domain=airline"
+    source: str = Field("builtin:tweets?domain=airline", description=(
+        "a file (CSV, TSV, JSONL, JSON records, Parquet) or builtin:<corpus>; a relative path "
+        "in a YAML file is read from that file's folder"))
     text_column: str = "text"
     label_column: str = "label"
     labels: list[str] | None = None
@@ -406,6 +408,8 @@ def load_config(path: str | Path | None = None, env: dict[str, str] | None = Non
     path = Path(path)
     read = not (path == DEFAULT_CONFIG and not path.exists())
     raw = _read_yaml(path) if read else {}
+    if read:
+        _anchor_data_source(raw, path.parent)
     sources = _apply_env(raw, env)
     for dotted, value in (overrides or {}).items():
         keys = tuple(dotted.split("."))
@@ -415,6 +419,21 @@ def load_config(path: str | Path | None = None, env: dict[str, str] | None = Non
         return Config.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(_explain(exc, path, sources, str(path) if read else "the built-in defaults")) from None
+
+
+def _anchor_data_source(raw: dict[str, Any], folder: Path) -> None:
+    """A relative data.source in a YAML file is read relative to that file (as compose files
+    do), so every process that reads the file (the CLI, the deployments process started in
+    another folder, a worker) finds the same data. Flags and env values stay relative to the
+    working directory of whoever typed them."""
+    from ftops.corpora import PREFIX
+
+    data = raw.get("data")
+    source = data.get("source") if isinstance(data, dict) else None
+    if not isinstance(source, str) or not source or "://" in source or source.startswith(PREFIX):
+        return
+    if not Path(source).expanduser().is_absolute():
+        data["source"] = os.path.normpath(folder.resolve() / source)
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

@@ -39,6 +39,19 @@ def test_cli_style_overrides_win_over_env(tmp_path):
     assert cfg.data.seed == 9
 
 
+def test_a_relative_data_source_in_a_file_is_read_from_that_files_folder(tmp_path, monkeypatch):
+    (tmp_path / "project").mkdir()
+    path = tmp_path / "project" / "ftops.yaml"
+    path.write_text("data:\n  source: data/tickets.csv\n")
+    monkeypatch.chdir(tmp_path)  # another folder, as the deployments process has
+    assert load_config(path, env={}).data.source == str(tmp_path / "project" / "data" / "tickets.csv")
+    for spec in ("builtin:tweets?domain=airline", "s3://bucket/tickets.csv", "/abs/tickets.csv"):
+        path.write_text(f"data:\n  source: '{spec}'\n")
+        assert load_config(path, env={}).data.source == spec
+    # a value typed by the user (env or flag) stays relative to where it was typed
+    assert load_config(path, env={"FTOPS_DATA__SOURCE": "mine.csv"}).data.source == "mine.csv"
+
+
 def test_bad_value_names_key_value_and_env_var(tmp_path):
     path = write(tmp_path, "")
     with pytest.raises(ConfigError) as exc:
