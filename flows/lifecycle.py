@@ -1,6 +1,7 @@
 """The lifecycle as Prefect flows: thin wiring of the ftops stages.
 
-lifecycle = prepare data -> train candidates -> A/B the best against the champion ->
+lifecycle = prepare data -> (tune, with tuning.enabled) -> train candidates -> A/B the best
+against the champion ->
 export + deploy behind the gates (the registry alias moves only when serving passes).
 Flows take `config_path` (a YAML file) so a deployment, a trigger and the CLI all run the
 same thing; everything they return is a small JSON-able dict. The lifecycle and the monitor
@@ -62,6 +63,40 @@ def retraining_config(config: Config, old: data.Snapshot) -> Config:
     traffic's invalid rows dropped and counted: the shape of traffic never fails the run."""
     update = {"max_rows": None, "labels": list(old.labels), "on_invalid": "drop"}
     return config.model_copy(update={"data": config.data.model_copy(update=update)})
+
+
+@flow(name="tune_candidates", log_prints=True)
+def tune_candidates(config_path: str | None, snapshot_id: str, retrain: bool = False) -> dict:
+    """`tuning.enabled`: an Optuna study per candidate on the train and validation splits
+    (ftops.tune); the best settings are written back for train_candidates to apply. A
+    retraining searches only candidates without tuned settings, unless
+    `tuning.on_retrain: search`."""
+    from ftops import tune, tuned
+
+    config = _config(config_path)
+    snapshot = data.load_snapshot(data.snapshot_root(config), snapshot_id)
+    names = [c.name for c in config.candidates]
+    if retrain and config.tuning.on_retrain == "reuse":
+        names = [c.name for c in config.candidates if tuned.load_tuned(config, c) is None]
+        for name in sorted({c.name for c in config.candidates} - set(names)):
+            print(f"{name}: reusing its tuned settings (tuning.on_retrain: reuse)")
+    if not names:
+        return {}
+
+    def report(p) -> None:
+        if p.run:
+            best = "-" if p.best is None else f"{p.best:.3f}"
+            print(f"tune {p.candidate}: trial {p.run}/{p.budget}, {p.complete} complete, {p.pruned} pruned, "
+                  f"best val macro-F1 {best}")
+
+    results = tune.tune(config, snapshot, names, progress=report)
+    return {r.candidate: {"study": r.study, "complete": r.complete, "pruned": r.pruned, "best_trial": r.best_trial,
+                          "best_val_macro_f1": r.best_val_macro_f1, "settings": r.settings} for r in results}
+
+
+def tuning_timeout_s(config: Config) -> float:
+    """Each candidate's study stops at tuning.minutes; the last trial may run past it."""
+    return len(config.candidates) * (config.tuning.minutes + 30) * 60
 
 
 @flow(name="train_candidates", log_prints=True, timeout_seconds=7200, retries=1, retry_delay_seconds=30)
@@ -241,12 +276,18 @@ def lifecycle(config_path: str | None = None, reason: str = "manual"):
     for line in reconcile(_config(config_path)).lines():
         logger.info("reconcile: %s", line)
     prepared = prepare_data(config_path)
+    config = _config(config_path)
+    tuned = None
+    if config.tuning.enabled:
+        tuned = tune_candidates.with_options(timeout_seconds=tuning_timeout_s(config))(
+            config_path, prepared["snapshot"], retrain=prepared["retrain"])
     # Keyed by this run: a retry of the lifecycle resumes its round instead of training anew.
     trained = train_candidates(config_path, prepared["snapshot"], prepared.get("parent_version"),
                                resume_key=flow_run.id)
     decided = evaluate_and_decide(config_path, prepared["snapshot"], trained["best_run_id"])
     summary = {"reason": reason, "data": prepared, "train": trained, "decision": decided}
-    config = _config(config_path)
+    if tuned is not None:
+        summary["tune"] = tuned
     if decided["outcome"] == "promote" and config.gates.promotion != "direct":
         summary["online"] = stage_online(config, decided["version"], prepared["snapshot"])
     elif decided["outcome"] == "promote":

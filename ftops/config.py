@@ -137,6 +137,9 @@ class CandidateSection(Section):
     gradient_accumulation: int = Field(1, ge=1)
     weight_decay: float = Field(0.01, ge=0)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    class_weight: Literal["none", "balanced"] = Field("none", description=(
+        "balanced: the training cross-entropy weighs each class by n / (classes x its rows), "
+        "sklearn's compute_class_weight on the training labels (the validation loss stays unweighted)"))
     warmup_share: float = Field(0.06, ge=0, lt=1)
     scheduler: Literal["linear", "cosine", "constant_with_warmup"] = "linear"
     early_stopping_patience: int = Field(2, ge=0, description="evaluations without gain; 0 = off")
@@ -170,6 +173,58 @@ class TrainingSection(Section):
     nproc: int = Field(1, ge=1, description="processes, one per device; >1 launches torchrun (DDP)")
     backend: Literal["auto", "gloo", "nccl"] = Field(
         "auto", description="auto: nccl on GPUs, gloo on CPU")
+
+
+class DimSection(Section):
+    """One dimension of a search space: a range (low, high, log) or a list of choices."""
+
+    low: int | float | None = None
+    high: int | float | None = None
+    log: bool | None = Field(None, description="sample on a log scale (low must be > 0); empty: the default's")
+    choices: list[str | int | float | bool] | None = None
+
+    @model_validator(mode="after")
+    def _range_or_choices(self) -> DimSection:
+        ranged = self.low is not None or self.high is not None or self.log is not None
+        if self.choices is not None and ranged:
+            raise ValueError("give either low / high / log or choices, not both")
+        if self.choices is not None and not self.choices:
+            raise ValueError("choices is empty; list at least one value")
+        if self.low is not None and self.high is not None and self.low > self.high:
+            raise ValueError(f"low ({self.low}) is above high ({self.high})")
+        if self.log and self.low is not None and self.low <= 0:
+            raise ValueError(f"log needs low > 0, got low = {self.low}")
+        return self
+
+
+class PrunerSection(Section):
+    """Stops a trial early when its validation macro-F1 falls behind the earlier trials'."""
+
+    kind: Literal["median", "none"] = Field("median", description=(
+        "median: stop a trial whose val macro-F1 at an evaluation is below the median of the earlier "
+        "trials' at the same evaluation (Optuna's MedianPruner); none: every trial runs to its end"))
+    startup_trials: int = Field(5, ge=0, description="trials that run to their end before any is pruned")
+    warmup_evals: int = Field(1, ge=0, description="evaluations of each trial before it may be pruned")
+
+
+class TuningSection(Section):
+    """Hyperparameter search per candidate (`ftops tune`, Optuna): trials, a time budget,
+    pruning, and the best settings written back for training (see docs/tuning.md)."""
+
+    enabled: bool = Field(False, description=(
+        "the lifecycle's optional tuning step; training uses the tuned settings (<project dir>/tuning/<candidate>.json)"))
+    trials: int = Field(20, ge=1, description="trials per candidate and call; the budget ends at trials or minutes, whichever first")
+    minutes: float = Field(30, gt=0, description="wall-clock budget per candidate and call")
+    on_retrain: Literal["reuse", "search"] = Field("reuse", description=(
+        "a retraining lifecycle: reuse: train with the settings tuned before and search only candidates "
+        "without any; search: a new study on the retraining data for every candidate"))
+    pruner: PrunerSection = PrunerSection()
+    sampler_seed: int | None = Field(13, description="seed of the TPE sampler; empty: a fresh seed each call")
+    space: dict[str, dict[str, DimSection]] = Field({}, description=(
+        "per candidate name, per parameter: {low, high, log} or {choices: [...]}, replacing the "
+        "default range of that candidate-level or strategy parameter (or adding one)"))
+    fixed: dict[str, dict[str, Any]] = Field({}, description=(
+        "per candidate name, parameter values held fixed: taken out of the search, used in every trial"))
 
 
 class GatesSection(Section):
@@ -351,6 +406,8 @@ class UrisSection(Section):
         "and metrics ports are serving.grpc_port / metrics_port. Empty: ftops runs tritonserver"))
     triton_repository: str | None = Field(None, description=(
         "model repository folder that Triton reads too (a shared volume); empty: <project dir>/triton/repository"))
+    tuning: str | None = Field(None, description=(
+        "Optuna study storage (a database URL; team: postgresql+psycopg://...); empty: sqlite:///<project dir>/tuning.db"))
 
 
 class Config(Section):
@@ -362,6 +419,7 @@ class Config(Section):
         CandidateSection(name="full", strategy="full"),
     ]
     training: TrainingSection = TrainingSection()
+    tuning: TuningSection = TuningSection()
     gates: GatesSection = GatesSection()
     serving: ServingSection = ServingSection()
     monitoring: MonitoringSection = MonitoringSection()
@@ -391,6 +449,7 @@ class Config(Section):
         uris.mlflow_tracking = uris.mlflow_tracking or f"sqlite:///{root / 'mlflow.db'}"
         uris.prediction_log = uris.prediction_log or f"sqlite:///{root / 'predictions.db'}"
         uris.evidently_workspace = uris.evidently_workspace or str(root / "evidently")
+        uris.tuning = uris.tuning or f"sqlite:///{root / 'tuning.db'}"
         return out
 
 

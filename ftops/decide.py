@@ -161,7 +161,16 @@ def decide(config: Config, snapshot, run_id: str, protected: list[str] | None = 
     current = registry.find(config, registry.CHAMPION)
     champion = None if current is None else ModelRef("champion", registry.download(config, current.version), current.version)
     decision = compare_refs(config, snapshot, challenger, champion, protected)
+    decision.context["tuned"] = tuning_lineage(config, run_id)
     record(config, decision, run_id, version.version)
     if promote and decision.outcome == "promote":
         version = registry.promote(config, version.version)
     return decision, version
+
+
+def tuning_lineage(config: Config, run_id: str) -> dict[str, str] | None:
+    """Where the candidate's settings came from: the tuning study and trial its run is
+    tagged with (`ftops tune`), or None for settings taken as configured."""
+    tags = registry.client(config).get_run(run_id).data.tags
+    tuned = {key.removeprefix("ftops."): value for key, value in tags.items() if key.startswith("ftops.tuned")}
+    return tuned or None

