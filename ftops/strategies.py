@@ -94,6 +94,9 @@ class Strategy:
     # What `ftops tune` searches for this strategy, keyed by Params field names; a field
     # left out keeps its configured value.
     space: ClassVar[dict[str, Dim]] = {}
+    # The learning rates worth searching: a few trained weights on a frozen encoder (adapters,
+    # prompts) move far less per step than the whole model, so they search higher.
+    learning_rates: ClassVar[Dim] = Dim.real(1e-5, 1e-3, log=True)
 
     def search_space(self, num_layers: int) -> dict[str, Dim]:
         """`space` for a model of `num_layers` encoder layers (a strategy whose range depends
@@ -221,6 +224,8 @@ class LoraParams(Params):
 
 
 class PeftStrategy(Strategy):
+    learning_rates = Dim.real(1e-4, 1e-2, log=True)
+
     def peft_config(self, params: Params):
         raise NotImplementedError
 
@@ -278,6 +283,7 @@ class PromptTuning(PeftStrategy):
     name = "prompt_tuning"
     Params = PromptParams
     description = "soft prompt tokens prepended to the input; encoder frozen (peft)"
+    learning_rates = Dim.real(1e-3, 1e-1, log=True)
     space = {"virtual_tokens": Dim.integer(4, 64, log=True)}
 
     def peft_config(self, params):
@@ -411,6 +417,7 @@ class Bottleneck(Strategy):
     name = "bottleneck"
     Params = BottleneckParams
     description = "bottleneck adapters between encoder layers; encoder frozen"
+    learning_rates = Dim.real(1e-4, 1e-2, log=True)
     space = {"reduction_factor": Dim.categorical(8, 16, 32, 64), "dropout": Dim.real(0.0, 0.2),
              "placement": Dim.categorical("ffn", "both")}
 

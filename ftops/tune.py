@@ -39,9 +39,9 @@ TAG_TRIAL = "ftops.trial"
 TAG_TRIAL_STATE = "ftops.trial_state"        # complete / pruned / failed
 TAG_IMPORTANCES = "ftops.tune.importances"   # why the importance plot is missing, when it is
 
-# Candidate-level settings every strategy shares; a strategy adds its own (Strategy.space).
+# Candidate-level settings every strategy shares; a strategy adds its own (Strategy.space)
+# and its learning-rate range (Strategy.learning_rates).
 CANDIDATE_SPACE: dict[str, Dim] = {
-    "learning_rate": Dim.real(1e-5, 1e-3, log=True),
     "epochs": Dim.integer(1, 4),
     "batch_size": Dim.categorical(16, 32, 64),
     "warmup_share": Dim.real(0.0, 0.2),
@@ -153,7 +153,7 @@ def plan_for(config: Config, candidate: CandidateSection, num_layers: int) -> Pl
     for section, keys in (("space", overrides), ("fixed", fixed)):
         for key in keys:
             check_known(f"tuning.{section}.{candidate.name}.{key}", key, candidate.name, strategy)
-    space = {**CANDIDATE_SPACE, **strategy.search_space(num_layers)}
+    space = {**CANDIDATE_SPACE, "learning_rate": strategy.learning_rates, **strategy.search_space(num_layers)}
     for key, override in overrides.items():
         space[key] = merged_dim(f"tuning.space.{candidate.name}.{key}", space.get(key), override)
     plan = Plan(candidate, {k: v for k, v in space.items() if k not in fixed}, fixed)

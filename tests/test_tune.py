@@ -131,8 +131,11 @@ def test_every_strategy_space_names_its_own_params_and_fits_the_model(tmp_path):
     cfg = Config.model_validate({"model": {"name": "minilm-l6"}, "candidates": [
         {"name": s, "strategy": s} for s in strategies.STRATEGIES]})
     plans = {p.candidate.name: p for p in tune.check_tuning(cfg)}
-    assert set(plans["lora"].space) == {*tune.CANDIDATE_SPACE, "rank", "alpha", "dropout"}
-    assert set(plans["full"].space) == set(tune.CANDIDATE_SPACE)
+    assert set(plans["lora"].space) == {*tune.CANDIDATE_SPACE, "learning_rate", "rank", "alpha", "dropout"}
+    assert set(plans["full"].space) == {*tune.CANDIDATE_SPACE, "learning_rate"}
+    # adapters and prompts search higher learning rates than the whole model
+    assert plans["full"].space["learning_rate"].high < plans["lora"].space["learning_rate"].high \
+        < plans["prompt_tuning"].space["learning_rate"].high
 
 
 def test_the_freeze_range_narrows_to_a_smaller_model(tiny_model):
@@ -148,7 +151,7 @@ def test_overrides_and_fixed_values_shape_the_space():
                                                                "gradient_accumulation": {"low": 1, "high": 4}}},
                                             "fixed": {"lora": {"batch_size": 8, "dropout": 0.0}}}})
     plan, = tune.check_tuning(cfg)
-    assert plan.space["learning_rate"] == Dim.real(1e-5, 5e-4, log=True)   # the default, one end replaced
+    assert plan.space["learning_rate"] == Dim.real(1e-4, 5e-4, log=True)   # lora's default, one end replaced
     assert plan.space["rank"] == Dim.categorical(2, 4)
     assert plan.space["gradient_accumulation"] == Dim.integer(1, 4)        # added: whole ends make an int
     assert "batch_size" not in plan.space and "dropout" not in plan.space
@@ -454,7 +457,7 @@ def test_the_tuning_page_lists_the_default_spaces_and_its_example_is_valid(tmp_p
         if match:
             owner = match.group(1) or owner
             rows.setdefault(owner.strip("`"), set()).add(match.group(2))
-    assert rows.pop("every candidate") == set(tune.CANDIDATE_SPACE)
+    assert rows.pop("every candidate") == {*tune.CANDIDATE_SPACE, "learning_rate"}
     assert rows == {name: set(s.space) for name, s in strategies.STRATEGIES.items() if s.space}
     example = yaml.safe_load(page.split("```yaml\n", 1)[1].split("```", 1)[0])
     cfg = Config.model_validate({**example, "project": {"dir": str(tmp_path)}})
