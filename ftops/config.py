@@ -229,6 +229,11 @@ class TuningSection(Section):
 
 class GatesSection(Section):
     min_effect: float = Field(0.0, ge=0, description="macro-F1 gain a challenger must show")
+    cheaper_share: float = Field(0.2, gt=0, le=1, description=(
+        "a challenger this much faster than the champion (batch-1 p50) that the paired test cannot tell "
+        "apart from it is promoted for its cost (non-inferior within noninferiority_margin)"))
+    noninferiority_margin: float = Field(0.01, ge=0, le=1, description=(
+        "macro-F1 a cheaper challenger may lose at most: the lower end of the paired bootstrap CI must be above -margin"))
     alpha: float = Field(0.05, gt=0, lt=1)
     slice_tolerance: float = Field(0.02, ge=0, le=1)
     parity_atol: float = Field(1e-4, gt=0)

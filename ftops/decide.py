@@ -121,14 +121,17 @@ def compare_refs(config: Config, snapshot, challenger: ModelRef, champion: Model
                              f"{snapshot.labels}: they cannot be compared on the same rows.")
     preds = {name: predict(m, t, l, test, max_length) for name, (m, t, l) in loaded.items()}
     base = baseline_predictions(snapshot, test) if with_baseline else None
-    decision = evaluate.compare(preds["challenger"], preds.get("champion"), config.gates,
-                                protected=protected, baseline=base)
     texts = list(test["text"].sample(n=min(LATENCY_TEXTS, len(test)), random_state=0))
+    timed = latency({n: (m, t) for n, (m, t, _) in loaded.items()}, texts, max_length)
+    decision = evaluate.compare(preds["challenger"], preds.get("champion"), config.gates,
+                                protected=protected, baseline=base,
+                                costs={name: {"p50_ms": timed[name]["p50_ms"], "params": float(sum(w.numel() for w in model.parameters()))}
+                                       for name, (model, _, _) in loaded.items()})
     decision.context.update({
         "snapshot": snapshot.id,
         "challenger": challenger.version or str(challenger.folder),
         "champion": None if champion is None else champion.version or str(champion.folder),
-        "latency_batch1": latency({n: (m, t) for n, (m, t, _) in loaded.items()}, texts, max_length),
+        "latency_batch1": timed,
     })
     return decision
 

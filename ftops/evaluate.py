@@ -307,9 +307,14 @@ class Decision:
 
 def compare(challenger: Predictions, champion: Predictions | None, gates: GatesSection,
             protected: list[str] | None = None, baseline: Predictions | None = None,
-            resamples: int = 2000, seed: int = 0) -> Decision:
+            resamples: int = 2000, seed: int = 0, costs: dict[str, dict[str, float]] | None = None) -> Decision:
     """Promote or reject a challenger against the champion (or, for the first model, the
-    baseline). Paired tests and slice deltas compare against that reference."""
+    baseline). Paired tests and slice deltas compare against that reference.
+
+    A challenger wins on quality (effect and significance), or, when the paired test cannot
+    tell it from the champion, on cost: non-inferior within gates.noninferiority_margin and
+    gates.cheaper_share faster at batch 1 and smaller (`costs`: p50_ms and params per model).
+    Between equals the cheaper model serves, and the record says which reason carried it."""
     for name, other in (("champion", champion), ("baseline", baseline)):
         if other is not None:
             check_same_rows(challenger, other, name)
@@ -329,10 +334,15 @@ def compare(challenger: Predictions, champion: Predictions | None, gates: GatesS
     if champion is None:
         rules = [_baseline_rule(f1, boot)]
     else:
-        rules = [Rule("effect", boot.delta >= gates.min_effect, boot.delta, gates.min_effect,
-                      f"challenger macro-F1 {f1['challenger']:.4f} vs champion {f1['champion']:.4f}"),
-                 _significance_rule(boot, mc, gates.alpha),
-                 _slices_rule(deltas, protected, gates.slice_tolerance)]
+        gain = [Rule("effect", boot.delta >= gates.min_effect, boot.delta, gates.min_effect,
+                     f"challenger macro-F1 {f1['challenger']:.4f} vs champion {f1['champion']:.4f}"),
+                _significance_rule(boot, mc, gates.alpha)]
+        cost = _cost_rule(boot, costs or {}, gates)
+        if all(r.passed for r in gain):
+            cost = Rule(cost.name, True, cost.value, cost.threshold, f"not needed: the gain carries it ({cost.detail})")
+        elif cost.passed:  # equal quality, cheaper: the gain is waived, and the record says why
+            gain = [Rule(r.name, True, r.value, r.threshold, f"waived by the cost rule: {r.detail}") for r in gain]
+        rules = [*gain, cost, _slices_rule(deltas, protected, gates.slice_tolerance)]
         if baseline is not None:
             rules.append(_baseline_rule(f1))
     outcome = "promote" if all(r.passed for r in rules) else "reject"
@@ -407,6 +417,23 @@ def _significance_rule(boot: BootstrapResult, mc: McNemarResult, alpha: float) -
     return Rule("significance", passed, mc.p_value, alpha, detail)
 
 
+def _cost_rule(boot: BootstrapResult, costs: dict[str, dict[str, float]], gates: GatesSection) -> Rule:
+    """Non-inferior and cheaper: the CI's lower end above -margin (a loss larger than the
+    margin is ruled out at 1 - alpha), a batch-1 p50 at most (1 - cheaper_share) of the
+    champion's, and fewer parameters (so timing noise between two models of one size never
+    counts as a saving). Without both models' costs nothing is cheaper."""
+    margin, most = gates.noninferiority_margin, 1 - gates.cheaper_share
+    mine, theirs = costs.get("challenger") or {}, costs.get("champion") or {}
+    if not {"p50_ms", "params"} <= set(mine) & set(theirs):
+        return Rule("cost", False, None, most, "no batch-1 latency and size of both models to compare")
+    ratio = mine["p50_ms"] / theirs["p50_ms"]
+    noninferior, smaller = boot.ci_low > -margin, mine["params"] < theirs["params"]
+    detail = (f"batch-1 p50 {mine['p50_ms']:.2f} ms vs champion {theirs['p50_ms']:.2f} ms (x{ratio:.2f}, at most "
+              f"x{most:.2f}); {mine['params'] / 1e6:.1f}M vs {theirs['params'] / 1e6:.1f}M parameters; CI low "
+              f"{boot.ci_low:+.4f} {'above' if noninferior else 'not above'} -{margin:.4f} (gates.noninferiority_margin)")
+    return Rule("cost", noninferior and smaller and ratio <= most, ratio, most, detail)
+
+
 def _slices_rule(deltas: dict[str, dict], protected: list[str] | None, tolerance: float) -> Rule:
     """No protected slice may lose more than `tolerance` macro-F1: an overall gain must not
     hide a regression for one group of users. A slice fails when its drop is beyond the
@@ -453,6 +480,8 @@ def _baseline_rule(f1: dict[str, float], boot: BootstrapResult | None = None) ->
     detail = f"challenger macro-F1 {f1['challenger']:.4f} vs baseline {f1['baseline']:.4f}"
     if boot is not None:
         detail += f"; bootstrap CI [{boot.ci_low:+.4f}, {boot.ci_high:+.4f}] recorded, not required"
+        if boot.ci_low <= 0 <= boot.ci_high:
+            detail += " (the paired test cannot tell the two apart: the first model is judged on its point estimate)"
     return Rule("baseline", delta > 0, delta, 0.0, detail)
 
 
@@ -468,6 +497,8 @@ def _summary(outcome: str, rules: list[Rule], f1: dict[str, float], boot: Bootst
     if "significance" in failed:
         worse = boot.ci_high < 0 and mc.p_value < alpha and mc.b01 > mc.b10
         text += "; challenger significantly worse" if worse else "; no significant difference"
+    if any(r.name == "cost" and r.passed and not r.detail.startswith("not needed") for r in rules):
+        text += "; no significant difference, and the challenger is cheaper: the cheaper model serves"
     return f"{text}; {verdict}"
 
 

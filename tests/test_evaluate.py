@@ -145,7 +145,7 @@ def test_a_truly_better_challenger_is_promoted_and_the_reverse_rejected(rows):
     strong, weak = model(y, with_accuracy(y, 0.9, rng), frame), model(y, with_accuracy(y, 0.75, rng), frame)
     up = evaluate.compare(strong, weak, GatesSection())
     assert up.outcome == "promote", up.summary
-    assert [r.name for r in up.rules] == ["effect", "significance", "slices"]
+    assert [r.name for r in up.rules] == ["effect", "significance", "cost", "slices"]
     down = evaluate.compare(weak, strong, GatesSection())
     assert down.outcome == "reject" and "significantly worse" in down.summary
     assert not next(r for r in down.rules if r.name == "effect").passed
@@ -158,12 +158,46 @@ def test_identical_models_are_not_significantly_different(rows):
     assert decision.outcome == "reject" and "no significant difference" in decision.summary
 
 
+def costs(challenger_ms: float, champion_ms: float, params: float = 4.4e6) -> dict[str, dict[str, float]]:
+    return {"challenger": {"p50_ms": challenger_ms, "params": params}, "champion": {"p50_ms": champion_ms, "params": 22.7e6}}
+
+
+def test_between_equals_the_cheaper_challenger_is_promoted_for_its_cost(rows):
+    y, frame, rng = rows
+    pred = with_accuracy(y, 0.8, rng)
+    champion = model(y, pred, frame)
+    flipped = pred.copy()
+    flipped[:4] = (flipped[:4] + 1) % 3  # four rows differ: the paired test cannot tell them apart
+    challenger = model(y, flipped, frame)
+    cheaper = evaluate.compare(challenger, champion, GatesSection(), costs=costs(3.0, 12.0))
+    assert cheaper.outcome == "promote", cheaper.summary
+    assert "the cheaper model serves" in cheaper.summary
+    cost = next(r for r in cheaper.rules if r.name == "cost")
+    assert cost.passed and cost.value == 0.25 and "x0.25" in cost.detail
+    assert all("waived by the cost rule" in r.detail for r in cheaper.rules if r.name in ("effect", "significance"))
+    barely = evaluate.compare(challenger, champion, GatesSection(), costs=costs(11.0, 12.0))
+    assert barely.outcome == "reject" and "no significant difference" in barely.summary  # 8% faster: not enough
+    unknown = evaluate.compare(challenger, champion, GatesSection())
+    assert unknown.outcome == "reject" and "no batch-1 latency" in next(r for r in unknown.rules if r.name == "cost").detail
+    same_size = evaluate.compare(challenger, champion, GatesSection(), costs=costs(3.0, 12.0, params=22.7e6))
+    assert same_size.outcome == "reject"  # as large as the champion: a faster timing is noise, not a saving
+
+
+def test_a_cheaper_but_worse_challenger_is_not_promoted(rows):
+    y, frame, rng = rows
+    champion, worse = model(y, with_accuracy(y, 0.85, rng), frame), model(y, with_accuracy(y, 0.8, rng), frame)
+    decision = evaluate.compare(worse, champion, GatesSection(), costs=costs(1.0, 12.0))
+    assert decision.outcome == "reject"
+    cost = next(r for r in decision.rules if r.name == "cost")
+    assert not cost.passed and "not above -0.0100" in cost.detail
+
+
 def test_min_effect_gate(rows):
     y, frame, rng = rows
     strong, weak = model(y, with_accuracy(y, 0.9, rng), frame), model(y, with_accuracy(y, 0.75, rng), frame)
     decision = evaluate.compare(strong, weak, GatesSection(min_effect=0.3))
     assert decision.outcome == "reject"
-    assert [r.name for r in decision.rules if not r.passed] == ["effect"]
+    assert [r.name for r in decision.rules if not r.passed] == ["effect", "cost"]  # nor cheaper
 
 
 def test_a_regression_on_a_protected_slice_rejects(rows):
@@ -174,7 +208,8 @@ def test_a_regression_on_a_protected_slice_rejects(rows):
     decision = evaluate.compare(challenger, champion, GatesSection())
     assert decision.outcome == "reject"
     assert [r.name for r in decision.rules if not r.passed] == ["slices"]
-    assert "domain=b" in decision.rules[2].detail and decision.slices["domain=b"]["delta"] < -0.1
+    slices = next(r for r in decision.rules if r.name == "slices")
+    assert "domain=b" in slices.detail and decision.slices["domain=b"]["delta"] < -0.1
     only_a = evaluate.compare(challenger, champion, GatesSection(), protected=["domain=a"])
     assert only_a.outcome == "promote", only_a.summary
     with pytest.raises(EvaluationError, match="no categorical column 'region'"):
