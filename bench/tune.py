@@ -40,7 +40,7 @@ def run_strategy(root: Path, source: str, rows: int, max_length: int, strategy: 
     """Tune one strategy on its own project, then train its best settings and test them."""
     config = Config.model_validate({
         "project": {"dir": str(root / strategy), "name": f"bench-{strategy.replace('_', '-')}"},
-        "model": {"max_length": max_length}, "data": {"source": source, "max_rows": rows},
+        "model": {"max_length": max_length}, "data": {"source": source, "max_rows": rows, "on_invalid": "drop"},
         "candidates": [candidate_of(strategy)],
     })
     snapshot = data.prepare(config)
