@@ -71,10 +71,18 @@ def table(corpus: str, results: dict[str, dict]) -> list[str]:
     return lines
 
 
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as handle:
+            return next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.machine()
+
+
 def machine() -> dict:
     flags = sorted(train.cpu_flags() & {"avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8"})
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    return {"cpu": platform.processor() or platform.machine(), "flags": flags, "commit": commit,
+    return {"cpu": cpu_model(), "flags": flags, "commit": commit,
             "cores": os.cpu_count()}
 
 

@@ -1,8 +1,8 @@
 """The lifecycle as Prefect flows: thin wiring of the ftops stages.
 
 lifecycle = prepare data -> (tune, with tuning.enabled) -> train candidates -> A/B the best
-against the champion ->
-export + deploy behind the gates (the registry alias moves only when serving passes).
+against the champion -> export + deploy behind the gates (the registry alias moves only
+when serving passes).
 Flows take `config_path` (a YAML file) so a deployment, a trigger and the CLI all run the
 same thing; everything they return is a small JSON-able dict. The lifecycle and the monitor
 end in a Completed state whose NAME says what happened (Promoted, Rejected at A/B, ...,

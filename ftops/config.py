@@ -7,6 +7,7 @@ setting. URIs left empty resolve to the embedded defaults under `project.dir`.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -485,17 +486,18 @@ def load_config(path: str | Path | None = None, env: dict[str, str] | None = Non
         raise ConfigError(_explain(exc, path, sources, str(path) if read else "the built-in defaults")) from None
 
 
+SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
+
+
 def _anchor_data_source(raw: dict[str, Any], folder: Path) -> None:
     """A relative data.source in a YAML file is read relative to that file (as compose files
     do), so every process that reads the file (the CLI, the deployments process started in
     another folder, a worker) finds the same data. Flags and env values stay relative to the
     working directory of whoever typed them."""
-    from ftops.corpora import PREFIX
-
     data = raw.get("data")
     source = data.get("source") if isinstance(data, dict) else None
-    if not isinstance(source, str) or not source or "://" in source or source.startswith(PREFIX):
-        return
+    if not isinstance(source, str) or not source or SCHEME.match(source):
+        return  # builtin:<corpus>, s3://..., file:...: not a path
     if not Path(source).expanduser().is_absolute():
         data["source"] = os.path.normpath(folder.resolve() / source)
 

@@ -323,6 +323,7 @@ def compare(challenger: Predictions, champion: Predictions | None, gates: GatesS
     reference = "champion" if champion is not None else "baseline" if baseline is not None else None
     ref = champion if champion is not None else baseline
     boot = mc = None
+    by_cost = False
     deltas: dict[str, dict] = {}
     if ref is not None:
         y = challenger.y_true
@@ -338,6 +339,7 @@ def compare(challenger: Predictions, champion: Predictions | None, gates: GatesS
                      f"challenger macro-F1 {f1['challenger']:.4f} vs champion {f1['champion']:.4f}"),
                 _significance_rule(boot, mc, gates.alpha)]
         cost = _cost_rule(boot, costs or {}, gates)
+        by_cost = cost.passed and not all(r.passed for r in gain)
         if all(r.passed for r in gain):
             cost = Rule(cost.name, True, cost.value, cost.threshold, f"not needed: the gain carries it ({cost.detail})")
         elif cost.passed:  # equal quality, cheaper: the gain is waived, and the record says why
@@ -347,7 +349,7 @@ def compare(challenger: Predictions, champion: Predictions | None, gates: GatesS
             rules.append(_baseline_rule(f1))
     outcome = "promote" if all(r.passed for r in rules) else "reject"
     mode = "no-champion-yet" if champion is None else "champion"
-    summary = _summary(outcome, rules, f1, boot, mc, gates.alpha, reference)
+    summary = _summary(outcome, rules, f1, boot, mc, gates.alpha, reference, by_cost)
     context = {"test_rows_by_source": rows_by_source(challenger.frame)}
     return Decision(outcome, mode, summary, rules, scores, deltas, reference, boot, mc, context=context)
 
@@ -486,7 +488,7 @@ def _baseline_rule(f1: dict[str, float], boot: BootstrapResult | None = None) ->
 
 
 def _summary(outcome: str, rules: list[Rule], f1: dict[str, float], boot: BootstrapResult | None,
-             mc: McNemarResult | None, alpha: float, reference: str | None) -> str:
+             mc: McNemarResult | None, alpha: float, reference: str | None, by_cost: bool = False) -> str:
     failed = [r.name for r in rules if not r.passed]
     verdict = f"failed: {', '.join(failed)}" if failed else "all rules passed"
     if reference is None:
@@ -497,7 +499,7 @@ def _summary(outcome: str, rules: list[Rule], f1: dict[str, float], boot: Bootst
     if "significance" in failed:
         worse = boot.ci_high < 0 and mc.p_value < alpha and mc.b01 > mc.b10
         text += "; challenger significantly worse" if worse else "; no significant difference"
-    if any(r.name == "cost" and r.passed and not r.detail.startswith("not needed") for r in rules):
+    if by_cost:
         text += "; no significant difference, and the challenger is cheaper: the cheaper model serves"
     return f"{text}; {verdict}"
 

@@ -472,7 +472,8 @@ def finish(config: Config, plan: Plan, study, snapshot, rdb, ran: int, run_id: s
     settings, path = {}, None
     if best is not None:
         settings = plan.settings({**plan.fixed, **best.params})
-        path = write_settings(config, plan, study, snapshot, best, settings, security.mask_url(rdb.url))
+        path = write_settings(config, plan, study.study_name, snapshot, best, settings, found,
+                              security.mask_url(rdb.url))
         mlflow.log_metric("best_val_macro_f1", best.value)
         mlflow.log_artifact(str(path))
     else:
@@ -525,10 +526,9 @@ def plot_study(study, folder: Path, complete: int, notes: list[str]) -> list[Pat
 # ---------------------------------------------------------------- settings written back
 
 
-def write_settings(config: Config, plan: Plan, study, snapshot, best, settings: dict[str, Any],
-                   where: str) -> Path:
-    found = counts(study)
-    record = {"candidate": plan.candidate.name, "strategy": plan.candidate.strategy, "study": study.study_name,
+def write_settings(config: Config, plan: Plan, study: str, snapshot, best, settings: dict[str, Any],
+                   found: dict[str, int], where: str) -> Path:
+    record = {"candidate": plan.candidate.name, "strategy": plan.candidate.strategy, "study": study,
               "storage": where, "snapshot": snapshot.id, "best_trial": best.number,
               "best_val_macro_f1": best.value, "trials_complete": found["complete"],
               "trials_pruned": found["pruned"], "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -30,8 +30,8 @@ DOC_GATEWAY = "http://127.0.0.1:8080"
 
 # Each ticket names its problem in words of its own (40 phrases a label, 60 tickets), so a
 # test ticket's words were mostly never seen in training: a bag of words guesses, the
-# pretrained model knows what a chargeback or a depot is. Measured here: TF-IDF test
-# macro-F1 0.70, MiniLM 0.93 after 12 steps.
+# pretrained model knows what a chargeback or a depot is. This test's run printed: TF-IDF
+# test macro-F1 0.81, MiniLM 0.96 after 12 steps (27 test rows).
 PHRASES = {
     "billing": ["charged twice", "a refund", "the invoice", "my payment", "an overcharge", "the receipt",
                 "the subscription fee", "my credit card", "a bank transfer", "the VAT number", "the price I paid",
