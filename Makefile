@@ -58,8 +58,10 @@ test: setup
 test-fast: setup
 	$(VENV)/bin/python -m pytest tests -m "not slow"
 
+# Each benchmark also writes <name>.json + <name>.md under bench/results/<commit>/ (bench/report.py).
 bench: setup
-	@for b in bench/*.py; do echo "== $$b"; $(VENV)/bin/python $$b || exit 1; done
+	@export FTOPS_BENCH_RESULTS=$${FTOPS_BENCH_RESULTS:-bench/results/$$(git rev-parse --short HEAD)}; \
+	for b in $(filter-out bench/report.py,$(wildcard bench/*.py)); do echo "== $$b"; $(VENV)/bin/python $$b || exit 1; done
 
 clean-venvs:
 	rm -rf $(VENV) $(SERVING_VENV)

@@ -28,7 +28,7 @@ from rich.table import Table
 
 from ftops import monitor
 from ftops.config import Config
-from ftops.corpora import load_builtin
+from ftops.data.corpora import load_builtin
 
 LABELS = ["negative", "neutral", "positive"]
 

@@ -29,8 +29,12 @@ import time
 from pathlib import Path
 
 
-from ftops import corpora, export, train
+from ftops import export, train
+from ftops.artifacts.timing import measure_speed
 from ftops.config import Config
+from ftops.data import corpora
+from ftops.export import runtime
+from ftops.names import TOKENIZER_FILE
 
 SOURCE = "builtin:tweets?domain=airline"
 
@@ -88,12 +92,7 @@ def torch_runner(candidate: Path, threads: int):
 
 
 def timing_feeds(result: export.ExportResult, texts: list[str]):
-    tokenizer = export.load_tokenizer_json(result.out_dir / "tokenizer.json")
-    texts = texts[:export.SPEED_TEXTS]
-    singles = [export.encode_batch(tokenizer, [t]) for t in texts]
-    batches = [export.encode_batch(tokenizer, texts[i:i + export.BATCH_SIZE])
-               for i in range(0, len(texts), export.BATCH_SIZE)]
-    return singles, batches
+    return runtime.speed_feeds(runtime.load_tokenizer_json(result.out_dir / TOKENIZER_FILE), texts)
 
 
 def print_table(result: export.ExportResult, speed: dict[str, dict[str, float]], threads: int) -> None:
@@ -173,9 +172,9 @@ def main() -> None:
         speeds = {}
         for threads in thread_counts:
             runners = {"pytorch": torch_runner(candidate, threads)}
-            runners.update({n: export.ort_runner(result.out_dir / r.file, threads)
+            runners.update({n: runtime.ort_runner(result.out_dir / r.file, threads)
                             for n, r in result.variants.items() if r.file and r.status != export.ERROR})
-            speeds[threads] = export.measure_speed(runners, *feeds)
+            speeds[threads] = measure_speed(runners, *feeds)
             print_table(result, speeds[threads], threads)
     print("(* = selected by export; x = speed-up vs PyTorch eager at that thread count; "
           "dF1 = macro-F1 change vs PyTorch, points)")

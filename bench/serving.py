@@ -20,21 +20,24 @@ from pathlib import Path
 
 import numpy as np
 
-from ftops import corpora, export, models, train
+from ftops import export, models, train
 from ftops.config import Config
-from ftops.serve import deploy, loadtest, repository, server
-from ftops.serve.client import TritonClient
+from ftops.data import corpora
+from ftops.serve import loadtest
+from ftops.serve.deployable import Deployable
+from ftops.serve.triton import models as triton_models, repository, server
+from ftops.serve.triton.client import TritonClient
 
 
 def candidate_folder(root: Path, labels: list[str], max_length: int) -> Path:
     """The real MiniLM with a classification head: speed does not depend on training."""
     model = models.build_classifier("minilm-l6", labels)
     tokenizer = models.load_tokenizer("minilm-l6", max_length)
-    train.save_trained(model, tokenizer, labels, "minilm-l6", root, is_peft=False)
+    train.save_trained(model, tokenizer, labels, "minilm-l6", root)
     return root
 
 
-def in_process_p50(model: repository.Deployable, texts: list[str], threads: int) -> tuple[float, float]:
+def in_process_p50(model: Deployable, texts: list[str], threads: int) -> tuple[float, float]:
     import onnxruntime as ort
     from tokenizers import Tokenizer
 
@@ -71,7 +74,7 @@ def main() -> None:
                                        parity_texts=list(parity["text"]),
                                        parity_labels=[labels.index(l) for l in parity["label"]],
                                        variants=["fp32"])
-        model = repository.Deployable.from_export(exported.out_dir, "fp32")
+        model = Deployable.from_export(exported.out_dir, "fp32")
         base = Config.model_validate({"project": {"dir": str(root / "proj"), "name": "bench"},
                                       "serving": {"http_port": 0, "grpc_port": 0, "metrics_port": 0}})
         info = server.start(base)
@@ -84,7 +87,7 @@ def main() -> None:
                 with TritonClient(info.grpc_url) as client:
                     client.client.load_model(names.ensemble)
                 variants[batching] = names.ensemble
-            instances, threads = repository.default_instances(base.serving)
+            instances, threads = triton_models.default_instances(base.serving)
             p50_local, p99_local = in_process_p50(model, texts[:400], threads)
             single = loadtest.run(info.grpc_url, variants[False], texts, concurrency=1, requests=400, warmup=50)
             rows = []

@@ -31,8 +31,9 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import f1_score
 
-from ftops import corpora, data, registry, services
+from ftops import data, names, registry, services
 from ftops.config import Config, load_config
+from ftops.data import corpora
 from ftops.errors import FtopsError
 
 IN_DOMAIN_TRAFFIC = 300
@@ -90,7 +91,7 @@ def run(config_path: str, reset: bool = True, say: Callable[[str], None] = print
                             decision_figures(config) + "; " + deploy_figures(config), time.monotonic() - clock))
     say(story.steps[-1].what)
 
-    snapshot = data.load_snapshot(data.snapshot_root(config), champion.tags["ftops.data_snapshot"])
+    snapshot = data.load_snapshot(data.snapshot_root(config), champion.tags[names.TAG_SNAPSHOT])
     airline_unused, shifted, holdout = traffic_sets(snapshot, config.data.seed, shifted_traffic)
     gateway_url = story.links["gateway"]
 
@@ -237,7 +238,7 @@ def event_time(client, after: datetime) -> datetime | None:
 
     try:
         page = client.request("POST", "/events/filter", json={"filter": EventFilter(
-            event=EventNameFilter(name=["ftops.drift.detected"]),
+            event=EventNameFilter(name=[names.EVENT_DRIFT]),
             occurred=EventOccurredFilter(since=after)).model_dump(mode="json"), "limit": 5})
         events = page.json().get("events", [])
     except Exception:
@@ -313,8 +314,9 @@ def before_after(config: Config, airline_test: pd.DataFrame, holdout: pd.DataFra
     """Macro-F1 of the previous and the current champion, both served by Triton, beside the
     cheap reference: TF-IDF + logistic regression fitted on the champion's own training rows
     (old + labelled traffic). The loop is worth its cost only if the champion is not below it."""
-    from ftops.serve import deploy, server
-    from ftops.serve.client import TritonClient
+    from ftops.serve import deploy
+    from ftops.serve.triton import server
+    from ftops.serve.triton.client import TritonClient
 
     routes = deploy.routing(config)
     info = server.status(config)
@@ -336,7 +338,7 @@ def baseline_figures(config: Config, frames: dict[str, pd.DataFrame]) -> dict[st
     from ftops import train
 
     champion = registry.find(config, registry.CHAMPION)
-    snapshot = data.load_snapshot(data.snapshot_root(config), champion.tags["ftops.data_snapshot"])
+    snapshot = data.load_snapshot(data.snapshot_root(config), champion.tags[names.TAG_SNAPSHOT])
     pipeline = train.fit_baseline(snapshot).pipeline
     return {domain: float(f1_score(frame["label"], pipeline.predict(frame["text"]), average="macro"))
             for domain, frame in frames.items()}

@@ -21,13 +21,14 @@ from prefect.events import DeploymentEventTrigger
 from prefect.schedules import Cron, Interval
 
 from flows.lifecycle import config_path_of, lifecycle, monitor_drift
+from ftops import names
 from ftops.config import Config, load_config
 
-DRIFT_EVENT = "ftops.drift.detected"
+DRIFT_EVENT = names.EVENT_DRIFT
 
 
 def resource_id(config: Config) -> str:
-    return f"ftops.model.{config.project.name}"
+    return names.model_resource(config.project.name)
 
 
 def drift_trigger(config: Config, config_path: str | None) -> DeploymentEventTrigger:

@@ -19,7 +19,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.states import Completed
 
-from ftops import data, registry
+from ftops import data, names, registry
 from ftops import run as runs
 from ftops.config import Config, load_config
 
@@ -46,7 +46,7 @@ def prepare_data(config_path: str | None) -> dict:
     if champion is None:
         snapshot = data.prepare(config)
         return {"snapshot": snapshot.id, "counts": snapshot.counts, "retrain": False, "feedback_rows": 0}
-    old = data.load_snapshot(data.snapshot_root(config), champion.tags["ftops.data_snapshot"])
+    old = data.load_snapshot(data.snapshot_root(config), champion.tags[names.TAG_SNAPSHOT])
     feedback = predlog.labelled(predlog.engine(config.resolved().uris.prediction_log), max_rows=FEEDBACK_WINDOW)
     frame = data.retraining_frame(old, feedback, config)
     snapshot = data.prepare(retraining_config(config, old), frame,
@@ -71,7 +71,8 @@ def tune_candidates(config_path: str | None, snapshot_id: str, retrain: bool = F
     (ftops.tune); the best settings are written back for train_candidates to apply. A
     retraining searches only candidates without tuned settings, unless
     `tuning.on_retrain: search`."""
-    from ftops import tune, tuned
+    from ftops import tune
+    from ftops.tune import tuned
 
     config = _config(config_path)
     snapshot = data.load_snapshot(data.snapshot_root(config), snapshot_id)
@@ -114,7 +115,7 @@ def train_candidates(config_path: str | None, snapshot_id: str, parent_version: 
     retrain = None
     if parent_version is not None:
         champion_dir = registry.download(config, parent_version)
-        old = data.load_snapshot(data.snapshot_root(config), registry.get(config, parent_version).tags["ftops.data_snapshot"])
+        old = data.load_snapshot(data.snapshot_root(config), registry.get(config, parent_version).tags[names.TAG_SNAPSHOT])
         retrain = train.RetrainSources(teacher_dir=champion_dir, old_train=old.split("train"))
     def progress_for(name: str):
         def report(step: int, total: int, metrics: dict) -> None:
@@ -179,7 +180,8 @@ def export_and_deploy(config_path: str | None, version: str, snapshot_id: str, r
     """ONNX export behind the parity gate, then Triton behind the smoke + P99 gates; on a
     pass the champion alias and route move and the monitor's reference is saved."""
     from ftops import export, lock, monitor
-    from ftops.serve import deploy, server
+    from ftops.serve import deploy
+    from ftops.serve.triton import server
 
     config = _config(config_path)
     snapshot = data.load_snapshot(data.snapshot_root(config), snapshot_id)

@@ -8,7 +8,6 @@ the project folder, tag the version, and promote on "promote".
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ftops import evaluate, registry
+from ftops import evaluate, registry, strategies
 from ftops.config import Config
 from ftops.errors import FtopsError
 
@@ -50,11 +49,7 @@ def load(ref: ModelRef):
     from ftops.train import load_trained
 
     model, tokenizer, labels = load_trained(ref.folder)
-    if hasattr(model, "merge_and_unload"):
-        try:
-            model = model.merge_and_unload()  # faster inference; same function
-        except Exception:  # prompt tuning has nothing to merge
-            pass
+    model = strategies.holding(model).merge(model)  # faster inference; same function
     return model.eval(), tokenizer, labels
 
 
@@ -82,18 +77,14 @@ def latency(models: dict[str, tuple], texts: list[str], max_length: int) -> dict
     noise hits every model alike."""
     import torch
 
-    timings: dict[str, list[float]] = {name: [] for name in models}
+    from ftops.artifacts import timing
+
+    runners = {name: lambda text, model=model, tokenizer=tokenizer: model(
+        **tokenizer([text], truncation=True, max_length=max_length, return_tensors="pt"))
+        for name, (model, tokenizer) in models.items()}
     with torch.inference_mode():
-        for text in texts[:5]:  # warm-up
-            for model, tokenizer in models.values():
-                model(**tokenizer([text], truncation=True, max_length=max_length, return_tensors="pt"))
-        for text in texts:
-            for name, (model, tokenizer) in models.items():
-                started = time.perf_counter()
-                model(**tokenizer([text], truncation=True, max_length=max_length, return_tensors="pt"))
-                timings[name].append(1000 * (time.perf_counter() - started))
-    return {name: {"p50_ms": float(np.percentile(t, 50)), "p99_ms": float(np.percentile(t, 99)),
-                   "n": len(t), "runtime": "pytorch"} for name, t in timings.items()}
+        seconds = timing.interleaved(runners, texts, warmup=5)
+    return {name: {**timing.percentiles_ms(s), "n": len(s), "runtime": "pytorch"} for name, s in seconds.items()}
 
 
 def baseline_predictions(snapshot, frame: pd.DataFrame) -> evaluate.Predictions:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ftops.corpora import package_dir
+from ftops.data.corpora import package_dir
 from ftops.errors import ModelError
 
 

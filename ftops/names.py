@@ -63,3 +63,7 @@ LABELS_FILE = "labels.json"
 CARD_FILE = "model_card.md"
 VOCAB_FILE = "vocab.txt"
 OUTPUT_NAME = "logits"
+TOKENIZER_FILE = "tokenizer.json"     # the fast tokenizer serving encodes with
+
+# The Prefect deployment of the lifecycle (flow/deployment): `ftops run` and the demo start it.
+LIFECYCLE_DEPLOYMENT = "lifecycle/lifecycle"

@@ -104,18 +104,34 @@ def start(folder: Path, service: Service, retention: RetentionSection | None = N
     marker = service.marker or service.command[-1]
     running = Running(service.name, proc.pid, service.url, str(log), marker)
     atomic.write_text(_state(folder, service.name), json.dumps(asdict(running)))
-    deadline = time.monotonic() + service.ready_timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            _state(folder, service.name).unlink(missing_ok=True)
-            raise ServiceError(f"{service.name} exited with code {proc.returncode} at start. "
-                               f"Last log lines ({log}):\n{tail(log)}")
-        if healthy(service.health_url, headers=service.headers):
-            return running
-        time.sleep(0.3)
+    outcome = wait_ready(lambda: healthy(service.health_url, headers=service.headers),
+                         lambda: proc.poll() is not None, service.ready_timeout_s)
+    if outcome == READY:
+        return running
+    if outcome == EXITED:
+        _state(folder, service.name).unlink(missing_ok=True)
+        raise ServiceError(f"{service.name} exited with code {proc.returncode} at start. "
+                           f"Last log lines ({log}):\n{tail(log)}")
     stop(folder, service.name)
     raise ServiceError(f"{service.name} was not healthy within {service.ready_timeout_s:.0f} s "
                        f"({service.health_url}). Last log lines ({log}):\n{tail(log)}")
+
+
+READY, EXITED, TIMED_OUT = "ready", "exited", "timed out"  # what wait_ready found
+
+
+def wait_ready(ready: Callable[[], bool], exited: Callable[[], bool], timeout_s: float,
+               every_s: float = 0.3) -> str:
+    """Poll a starting process until it is ready (READY), has exited (EXITED) or `timeout_s`
+    passed (TIMED_OUT); the caller says what each means for its service."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if exited():
+            return EXITED
+        if ready():
+            return READY
+        time.sleep(every_s)
+    return TIMED_OUT
 
 
 def stop(folder: Path, name: str, grace_s: float = 15.0) -> bool:

@@ -35,9 +35,10 @@ from pathlib import Path
 from ftops import registry, tracking
 from ftops.config import Config
 from ftops.lock import LockError, promotion_lock
-from ftops.serve import deploy, repository, server
+from ftops.serve import deploy
+from ftops.serve.triton import repository, server
 from ftops.serve.deploy import Route
-from ftops.serve.repository import ModelNames
+from ftops.serve.triton.models import ModelNames
 
 log = logging.getLogger(__name__)
 

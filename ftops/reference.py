@@ -35,7 +35,7 @@ MANY_COMMANDS = 6  # a flag on more commands than this is summarised, not listed
 INTRO = f"""\
 # Config reference
 
-<!-- Generated from ftops/config.py by `{REGENERATE}`; do not edit by hand
+<!-- Generated from ftops/config/ by `{REGENERATE}`; do not edit by hand
      (tests/test_docs.py fails when this file differs from what the generator prints). -->
 
 One YAML file per project: `--config` / `-c`, else `$FTOPS_CONFIG`, else

@@ -30,12 +30,10 @@ from ftops import atomic, tracking
 from ftops.config import Config
 from ftops.errors import FtopsError
 from ftops.lock import promotion_lock
+from ftops.names import CHAMPION, CHALLENGER, PREVIOUS  # noqa: F401
+from ftops.names import ROLES as ALIASES
+from ftops.names import TAG_DECISION, TAG_DECISION_SUMMARY, TAG_PREFIX, TAG_ROLLED_BACK  # noqa: F401
 
-CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
-ALIASES = (CHAMPION, CHALLENGER, PREVIOUS)
-TAG_DECISION = "ftops.decision"
-TAG_DECISION_SUMMARY = "ftops.decision_summary"
-TAG_ROLLED_BACK = "ftops.rolled_back"
 DOWNLOADED = "model.sha256.json"  # beside a complete download: its version and file hashes
 PARTIAL = ".model.partial-"       # a download under way (or one that died)
 
@@ -86,7 +84,7 @@ def register(config: Config, run_id: str, extra_tags: dict[str, str] | None = No
     except MlflowException:
         mlflow_client.create_registered_model(name, description=f"ftops project {name}")
     run = mlflow_client.get_run(run_id)
-    tags = {k: v for k, v in run.data.tags.items() if k.startswith("ftops.")}
+    tags = {k: v for k, v in run.data.tags.items() if k.startswith(TAG_PREFIX)}
     tags.update(extra_tags or {})
     mv = mlflow_client.create_model_version(name, source=f"{run.info.artifact_uri}/model",
                                             run_id=run_id, tags=tags)
@@ -262,7 +260,7 @@ def _locked(dest: Path):
 
 def complete(dest: Path, version: str) -> bool:
     """`dest/model` holds exactly the files recorded when this version's download completed."""
-    from ftops.export import file_hashes
+    from ftops.artifacts.exported import file_hashes
 
     record = dest / DOWNLOADED
     if not record.is_file() or not (dest / "model").is_dir():
@@ -276,7 +274,7 @@ def _fetch(config: Config, version: Version, dest: Path) -> None:
     its listed size, then record the hashes and rename it into place."""
     import mlflow
 
-    from ftops.export import file_hashes
+    from ftops.artifacts.exported import file_hashes
 
     tracking.use_project(config)
     partial = Path(tempfile.mkdtemp(prefix=PARTIAL, dir=dest))

@@ -161,7 +161,8 @@ class Supervisor:
     def _triton_serving(self) -> bool:
         """Ready, or at least serving the champion (strict readiness is false while another
         model loads or after one failed to load: no reason to take the champion down)."""
-        from ftops.serve import deploy, server
+        from ftops.serve import deploy
+        from ftops.serve.triton import server
 
         info = server.status(self.config)
         if info is None:

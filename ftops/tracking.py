@@ -1,6 +1,7 @@
 """MLflow tracking: one experiment per project, lineage tags on every run.
 
-Tag names are the one vocabulary for lineage everywhere (runs, model versions, logs).
+Tag names come from ftops.names, the one vocabulary for lineage everywhere (runs, model
+versions, logs).
 """
 
 from __future__ import annotations
@@ -14,14 +15,8 @@ from pathlib import Path
 
 from ftops.config import Config
 
-TAG_SNAPSHOT = "ftops.data_snapshot"
-TAG_SNAPSHOT_SHA = "ftops.data_sha256"
-TAG_CONFIG_SHA = "ftops.config_sha256"
-TAG_GIT_SHA = "ftops.git_sha"
-TAG_PARENT_MODEL = "ftops.parent_model_version"
-TAG_CANDIDATE = "ftops.candidate"
-TAG_STRATEGY = "ftops.strategy"
-TAG_ROUND = "ftops.round"
+from ftops.names import (TAG_CANDIDATE, TAG_CONFIG_SHA, TAG_GIT_SHA, TAG_PARENT_MODEL,  # noqa: F401
+                         TAG_ROUND, TAG_SNAPSHOT, TAG_SNAPSHOT_SHA, TAG_STRATEGY)
 
 
 def use_project(config: Config) -> str:

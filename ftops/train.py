@@ -655,11 +655,11 @@ def train_candidate(config: Config, candidate: CandidateSection, snapshot, out_d
     if extras is not None:
         extras.features.remove()
         del prepared.model.ftops_extras  # the saved model is the primary classifier alone
-    trained, is_peft = trainer.model, prepared.is_peft
-    if is_peft and candidate.init == "champion":
+    trained = trainer.model
+    if candidate.init == "champion":
         # an adapter on top of the champion's weights cannot be re-applied to the base model
         # by name: save merged, full weights instead.
-        trained, is_peft = trained.merge_and_unload(), False
+        trained = strategies.holding(trained).merge(trained)
     history = [h for h in trainer.state.log_history if "eval_macro_f1" in h or "loss" in h]
     result = TrainResult(
         candidate=candidate.name, strategy=strategy.name, out_dir=out_dir,
@@ -674,7 +674,7 @@ def train_candidate(config: Config, candidate: CandidateSection, snapshot, out_d
     )
     if not trainer.is_world_process_zero():
         return result  # rank 0 writes the candidate folder
-    save_trained(trained, tokenizer, labels, config.model.name, out_dir, is_peft)
+    save_trained(trained, tokenizer, labels, config.model.name, out_dir)
     if extras is not None:
         extras.save(out_dir / MODEL_DIR)
     plot_history(history, out_dir / "learning_curves.png", candidate.name)
@@ -866,7 +866,8 @@ def train_round(config: Config, snapshot, names: list[str] | None = None,
     with its best settings, and their runs name the study and trial they came from."""
     import mlflow
 
-    from ftops import tracking, tuned as tuned_settings
+    from ftops import tracking
+    from ftops.tune import tuned as tuned_settings
 
     say = notify or (lambda line: None)
     config, applied = tuned_settings.tuned_config(config, config.tuning.enabled if tuned is None else tuned)
@@ -974,7 +975,8 @@ def round_candidate(config: Config, candidate: CandidateSection, snapshot, out_d
     ftops.tuned.Tuned) tags the run with the study and trial its settings came from."""
     import mlflow
 
-    from ftops import tracking, tuned as tuned_settings
+    from ftops import tracking
+    from ftops.tune import tuned as tuned_settings
 
     say = say or (lambda line: None)
     finished = (out_dir / RESULT_FILE).is_file()
@@ -1039,9 +1041,7 @@ def initial_model(config: Config, candidate: CandidateSection, labels: list[str]
     if champion_labels != labels:
         raise ConfigError(f"Candidate '{candidate.name}' starts from the champion, whose labels "
                           f"{champion_labels} differ from the data's {labels}; use init: base.")
-    if hasattr(model, "merge_and_unload"):
-        model = model.merge_and_unload()
-    return model.train()
+    return strategies.holding(model).merge(model).train()
 
 
 def peak_rss_mb() -> float:
@@ -1051,61 +1051,27 @@ def peak_rss_mb() -> float:
 # ---------------------------------------------------------------- save / load
 
 
-def save_trained(model, tokenizer, labels: list[str], base_model: str, out_dir: Path, is_peft: bool) -> None:
+def save_trained(model, tokenizer, labels: list[str], base_model: str, out_dir: Path) -> None:
+    """The model in the form its strategy saves (`Strategy.save`), the tokenizer, and
+    ftops.json: what `load_trained` needs to rebuild it by name, offline."""
     target = out_dir / MODEL_DIR
-    model.save_pretrained(target)  # a PeftModel saves only its adapter (+ head)
+    meta = {"base_model": base_model, "peft": False, "labels": labels}
+    meta.update(strategies.holding(model).save(model, target))
     tokenizer.save_pretrained(target)
     (target / "labels.json").write_text(json.dumps(labels))
-    meta = {"base_model": base_model, "peft": is_peft, "labels": labels}
-    adapters = {} if is_peft else strategies.adapter_configs(model)
-    if adapters:  # bottleneck adapters: from_pretrained alone would drop their weights
-        meta["bottleneck"] = {"adapters": adapters}
     (target / META_FILE).write_text(json.dumps(meta, indent=2))
 
 
 def load_trained(out_dir: Path):
-    """(model, tokenizer, labels) of a trained candidate folder.
-
-    peft writes an absolute base-model path into adapter_config.json, which breaks when
-    the venv moves; the base is resolved by name and the adapter applied to it.
-    """
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    """(model, tokenizer, labels) of a trained candidate folder, loaded by the strategy
+    whose form ftops.json describes (`Strategy.load`)."""
+    from transformers import AutoTokenizer
 
     folder = Path(out_dir) / MODEL_DIR
     meta = json.loads((folder / META_FILE).read_text())
     tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    if meta["peft"]:
-        from peft import PeftModel
-
-        base = models.build_classifier(meta["base_model"], meta["labels"])
-        model = PeftModel.from_pretrained(base, folder)
-    elif meta.get("bottleneck"):
-        model = load_bottleneck(folder, meta["bottleneck"])
-    else:
-        model = AutoModelForSequenceClassification.from_pretrained(folder, local_files_only=True)
-    return model, tokenizer, meta["labels"]
-
-
-def load_bottleneck(folder: Path, saved: dict[str, Any]):
-    """A model with bottleneck adapters: the architecture from the folder, the adapters
-    re-inserted where ftops.json says, then every saved weight loaded strictly (a missing
-    or extra key is an error, not a silently random adapter)."""
-    from safetensors.torch import load_file
-    from transformers import AutoModelForSequenceClassification
-    from transformers.utils import logging as hf_logging
-
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # the adapter keys are "unexpected" to from_pretrained
-    try:
-        model = AutoModelForSequenceClassification.from_pretrained(folder, local_files_only=True)
-    finally:
-        hf_logging.set_verbosity(verbosity)
-    strategies.insert_adapters(model, saved["adapters"])
-    state = {}
-    for shard in sorted(folder.glob("model*.safetensors")):  # not task_heads.safetensors
-        state.update(load_file(shard))
-    model.load_state_dict(state, strict=True)
-    return model.eval()
+    model = strategies.saved_in(folder, meta).load(folder, meta)
+    return model.eval(), tokenizer, meta["labels"]
 
 
 # ---------------------------------------------------------------- plots

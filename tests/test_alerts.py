@@ -21,6 +21,7 @@ from sqlalchemy import Column, MetaData, Table, create_engine, text, update
 from test_monitor import STEP, T0, Traffic, free_port, make_config
 
 from ftops import monitor
+from ftops.monitor import checker, delivery, events, reference, results, store
 
 POSTGRES = os.environ.get("FTOPS_TEST_POSTGRES_URL")
 
@@ -50,7 +51,7 @@ class FakePrefect:
 @pytest.fixture
 def prefect(monkeypatch) -> FakePrefect:
     fake = FakePrefect()
-    monkeypatch.setattr(monitor, "emit_drift_event", fake)
+    monkeypatch.setattr(events, "emit_drift_event", fake)
     return fake
 
 
@@ -69,7 +70,7 @@ def states(cfg) -> dict[int, tuple[str | None, bool | None]]:
 def test_a_check_that_cannot_be_stored_sends_nothing_and_the_next_one_alerts_once(traffic, prefect, tmp_path):
     cfg = alerting(tmp_path)
     cfg.timeouts.database_s = 0.5
-    monitor.checks_engine(cfg).dispose()  # the database exists; now another writer holds it
+    store.checks_engine(cfg).dispose()  # the database exists; now another writer holds it
     holder = sqlite3.connect(cfg.resolved().uris.prediction_log.removeprefix("sqlite:///"), timeout=1)
     holder.execute("BEGIN EXCLUSIVE")
     try:
@@ -84,7 +85,7 @@ def test_a_check_that_cannot_be_stored_sends_nothing_and_the_next_one_alerts_onc
     assert list(reports.iterdir()) == []  # the unstored check's report is gone too
 
     again = monitor.check(cfg, traffic.window("other"), traffic.reference, now=T0 + STEP)
-    assert again.alert and again.event_sent is True and again.event_state == monitor.SENT
+    assert again.alert and again.event_sent is True and again.event_state == results.SENT
     assert prefect.sent == [again.id]
     later = monitor.check(cfg, traffic.window("other"), traffic.reference, now=T0 + 2 * STEP)
     assert not later.alert and "cooldown" in later.reason and prefect.sent == [again.id]
@@ -98,16 +99,16 @@ def test_an_undelivered_alert_starts_no_cooldown_and_is_resent_once(traffic, pre
     prefect.up = False
     first = monitor.check(cfg, traffic.window("other"), traffic.reference, now=T0)
     second = monitor.check(cfg, traffic.window("other"), traffic.reference, now=T0 + STEP)
-    assert first.alert and first.event_sent is False and first.event_state == monitor.PENDING
+    assert first.alert and first.event_sent is False and first.event_state == results.PENDING
     assert second.alert and second.event_sent is False  # no delivered alert: no cooldown
-    assert states(cfg) == {first.id: (monitor.SUPERSEDED, False), second.id: (monitor.PENDING, False)}
+    assert states(cfg) == {first.id: (results.SUPERSEDED, False), second.id: (results.PENDING, False)}
     assert [a.id for a in monitor.pending_alerts(cfg)] == [second.id]
 
     prefect.up = True
     assert monitor.resend_pending(cfg, now=T0 + 2 * STEP) == 1
     assert monitor.resend_pending(cfg, now=T0 + 3 * STEP) == 0
     assert prefect.sent == [second.id]
-    assert states(cfg)[second.id] == (monitor.SENT, True) and monitor.pending_alerts(cfg) == []
+    assert states(cfg)[second.id] == (results.SENT, True) and monitor.pending_alerts(cfg) == []
     quiet = monitor.check(cfg, traffic.window("other"), traffic.reference, now=T0 + 4 * STEP)
     assert not quiet.alert and "cooldown" in quiet.reason and prefect.sent == [second.id]
 
@@ -119,7 +120,7 @@ def test_the_next_check_resends_a_pending_alert_whatever_it_decides(traffic, pre
     prefect.up = True
     small = monitor.check(cfg, traffic.window("airline", n=50), traffic.reference, now=T0 + STEP)
     assert small.decision == "too_small" and not small.alert and small.event_sent is None
-    assert prefect.sent == [alert.id] and states(cfg)[alert.id] == (monitor.SENT, True)
+    assert prefect.sent == [alert.id] and states(cfg)[alert.id] == (results.SENT, True)
 
 
 def test_several_alerts_stored_by_senders_that_died_give_one_event(traffic, prefect, tmp_path, monkeypatch):
@@ -127,13 +128,13 @@ def test_several_alerts_stored_by_senders_that_died_give_one_event(traffic, pref
     kill): the re-send delivers the newest, once, and supersedes the rest."""
     cfg = alerting(tmp_path)
     with monkeypatch.context() as died:
-        died.setattr(monitor, "_deliver", lambda *args: None)
+        died.setattr(checker, "_deliver", lambda *args: None)
         ids = [monitor.check(cfg, traffic.window("other"), traffic.reference, now=T0 + i * STEP).id for i in range(3)]
     assert [a.id for a in monitor.pending_alerts(cfg)] == ids[::-1]
     assert monitor.resend_pending(cfg, now=T0 + timedelta(hours=5)) == 1
     assert prefect.sent == [ids[-1]]
-    assert states(cfg) == {ids[0]: (monitor.SUPERSEDED, False), ids[1]: (monitor.SUPERSEDED, False),
-                           ids[2]: (monitor.SENT, True)}
+    assert states(cfg) == {ids[0]: (results.SUPERSEDED, False), ids[1]: (results.SUPERSEDED, False),
+                           ids[2]: (results.SENT, True)}
     assert monitor.resend_pending(cfg, now=T0 + timedelta(hours=5)) == 0 and prefect.sent == [ids[-1]]
 
 
@@ -200,7 +201,7 @@ def test_two_processes_resending_at_once_send_one_event(traffic, prefect, store_
     for thread in threads:
         thread.join(timeout=30)
     assert sorted(counts) == [0, 1] and prefect.sent == [alert.id]
-    assert states(cfg)[alert.id] == (monitor.SENT, True)
+    assert states(cfg)[alert.id] == (results.SENT, True)
 
 
 def test_a_claim_whose_sender_died_is_pending_again(traffic, prefect, store_config):
@@ -208,16 +209,16 @@ def test_a_claim_whose_sender_died_is_pending_again(traffic, prefect, store_conf
     prefect.up = False
     alert = monitor.check(cfg, traffic.window("other"), traffic.reference, now=T0)
     prefect.up = True
-    eng = monitor.checks_engine(cfg)
+    eng = store.checks_engine(cfg)
     try:
         def claimed(at: datetime) -> None:
             with eng.begin() as conn:
-                conn.execute(update(monitor.drift_checks).where(monitor.drift_checks.c.id == alert.id)
-                             .values(event_state=monitor.SENDING, event_claimed_at=at))
+                conn.execute(update(store.drift_checks).where(store.drift_checks.c.id == alert.id)
+                             .values(event_state=results.SENDING, event_claimed_at=at))
 
         claimed(datetime.now(UTC))  # a live sender holds it
         assert monitor.resend_pending(cfg, now=T0 + STEP) == 0 and prefect.sent == []
-        claimed(datetime.now(UTC) - timedelta(seconds=monitor.CLAIM_STALE_S + 1))  # ... that died
+        claimed(datetime.now(UTC) - timedelta(seconds=delivery.CLAIM_STALE_S + 1))  # ... that died
         assert monitor.resend_pending(cfg, now=T0 + STEP) == 1 and prefect.sent == [alert.id]
     finally:
         eng.dispose()
@@ -230,8 +231,8 @@ def test_an_older_checks_table_gains_the_delivery_columns(tmp_path):
     cfg = make_config(tmp_path)
     url = cfg.resolved().uris.prediction_log
     old = Table("drift_checks", MetaData(), *[Column(c.name, c.type, primary_key=c.primary_key, nullable=c.nullable)
-                                              for c in monitor.drift_checks.columns
-                                              if c.name not in monitor.ADDED_COLUMNS])  # the first release
+                                              for c in store.drift_checks.columns
+                                              if c.name not in store.ADDED_COLUMNS])  # the first release
     eng = create_engine(url)
     old.create(eng)
     base = {"project": cfg.project.name, "window_size": 300, "reference_size": 1000, "feedback_rows": 0,
@@ -240,9 +241,9 @@ def test_an_older_checks_table_gains_the_delivery_columns(tmp_path):
         conn.execute(old.insert(), [{**base, "ts": T0, "event_sent": True},
                                     {**base, "ts": T0 + STEP, "event_sent": False}])
     eng.dispose()
-    new = monitor.checks_engine(cfg)
+    new = store.checks_engine(cfg)
     try:
-        assert monitor.last_delivered(new, cfg.project.name, T0 + 2 * STEP) == T0  # the old alert's check time
+        assert store.last_delivered(new, cfg.project.name, T0 + 2 * STEP) == T0  # the old alert's check time
     finally:
         new.dispose()
     assert [(c.event_state, c.event_sent) for c in monitor.history(cfg)] == [(None, False), (None, True)]
@@ -258,7 +259,7 @@ def test_a_check_runs_from_the_cached_reference_while_mlflow_is_down(traffic, tm
     import mlflow
 
     from ftops import registry, tracking
-    from ftops.serve import server
+    from ftops.serve.triton import server
 
     cfg = make_config(tmp_path)
     tracking.use_project(cfg)
@@ -276,7 +277,7 @@ def test_a_check_runs_from_the_cached_reference_while_mlflow_is_down(traffic, tm
     assert result.decision == "no_drift" and result.reference_version == "1"
     assert "MLflow unreachable" in result.reason and "cached reference of v1" in result.reason
 
-    index = monitor.monitoring_dir(cfg) / "reference" / monitor.REFERENCE_INDEX
+    index = monitor.monitoring_dir(cfg) / "reference" / reference.REFERENCE_INDEX
     index.write_text(json.dumps({**json.loads(index.read_text()), "champion": None}))
     routing = server.state_dir(cfg) / "routing.json"
     routing.parent.mkdir(parents=True, exist_ok=True)

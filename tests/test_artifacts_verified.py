@@ -14,9 +14,12 @@ import pytest
 from test_serving import TEXTS, make_export
 
 from ftops.config import Config
-from ftops.serve import deploy, repository, server
-from ftops.serve.client import TritonClient
-from ftops.serve.repository import Deployable, ModelNames, ServingError
+from ftops.serve import deploy
+from ftops.serve.triton import repository, server
+from ftops.serve.triton.client import TritonClient
+from ftops.serve.deployable import Deployable
+from ftops.serve.triton.models import ModelNames
+from ftops.serve.runtime import ServingError
 
 
 def flip_byte(path: Path, offset: int | None = None) -> None:

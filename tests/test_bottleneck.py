@@ -99,7 +99,7 @@ def test_trainable_share_is_the_adapters_and_the_head(minilm):
 
 @pytest.mark.slow
 def test_saved_candidate_reloads_to_identical_logits(minilm, tmp_path):
-    train.save_trained(minilm.model, minilm.tokenizer, minilm.labels, "minilm-l6", tmp_path, is_peft=False)
+    train.save_trained(minilm.model, minilm.tokenizer, minilm.labels, "minilm-l6", tmp_path)
     meta = json.loads((tmp_path / train.MODEL_DIR / train.META_FILE).read_text())
     assert sorted(meta["bottleneck"]["adapters"]) == [f"bert.encoder.layer.{i}.output.dense" for i in range(6)]
     loaded, _, labels = train.load_trained(tmp_path)
@@ -135,7 +135,7 @@ def test_bad_settings_are_config_errors_before_training(tiny_model, params, mess
 
 def test_placement_layers_and_layer_norms(tiny_model):
     model = models.build_classifier(str(tiny_model), ["a", "b"])
-    params = strategies.BottleneckParams(placement="both", layers=[1], train_layer_norm=True, reduction_factor=4)
+    params = strategies.get_strategy("bottleneck").Params(placement="both", layers=[1], train_layer_norm=True, reduction_factor=4)
     prepared = strategies.get_strategy("bottleneck").prepare(model, params, 1e-3, 0.01)
     assert sorted(strategies.adapter_configs(model)) == ["bert.encoder.layer.1.attention.output.dense",
                                                           "bert.encoder.layer.1.output.dense"]
@@ -155,13 +155,13 @@ def test_an_adapted_model_is_trained_on_not_adapted_twice(tiny_model):
     """init: champion with a bottleneck champion keeps its adapters; another size is refused."""
     model = models.build_classifier(str(tiny_model), ["a", "b"])
     strategy = strategies.get_strategy("bottleneck")
-    strategy.prepare(model, strategies.BottleneckParams(), 1e-3, 0.0)
+    strategy.prepare(model, strategies.get_strategy("bottleneck").Params(), 1e-3, 0.0)
     first = model.bert.encoder.layer[0].output.dense.adapter
-    strategy.prepare(model, strategies.BottleneckParams(), 1e-3, 0.0)
+    strategy.prepare(model, strategies.get_strategy("bottleneck").Params(), 1e-3, 0.0)
     assert model.bert.encoder.layer[0].output.dense.adapter is first
     assert type(model.bert.encoder.layer[0].output.dense.weight) is torch.nn.Parameter
     with pytest.raises(ValueError, match="already has an adapter"):
-        strategy.prepare(model, strategies.BottleneckParams(reduction_factor=4), 1e-3, 0.0)
+        strategy.prepare(model, strategies.get_strategy("bottleneck").Params(reduction_factor=4), 1e-3, 0.0)
 
 
 # ---------------------------------------------------------------- train, reload, export (tiny model)

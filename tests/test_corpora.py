@@ -2,7 +2,8 @@
 
 import pytest
 
-from ftops import corpora, data
+from ftops import data
+from ftops.data import corpora
 from ftops.errors import DataError
 
 

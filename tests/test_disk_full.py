@@ -63,7 +63,7 @@ def traffic(airline_snapshot) -> Traffic:
 @pytest.fixture
 def prefect(monkeypatch) -> FakePrefect:
     fake = FakePrefect()
-    monkeypatch.setattr(monitor, "emit_drift_event", fake)
+    monkeypatch.setattr(monitor.events, "emit_drift_event", fake)
     return fake
 
 
@@ -127,7 +127,7 @@ def test_a_disk_that_fills_before_the_check_is_stored_sends_no_event(traffic, pr
             fillers.append(fill(disk))
             return written
 
-        monkeypatch.setattr(monitor, "write_html", then_full)
+        monkeypatch.setattr(monitor.publish, "write_html", then_full)
         with gateway_holding(cfg):
             with pytest.raises(monitor.MonitorError, match="No space left on the device") as full:
                 monitor.check(cfg, traffic.window("other"), traffic.reference, now=T0 + STEP)
@@ -169,13 +169,13 @@ def test_the_manifest_comes_last_and_a_failure_there_publishes_nothing(candidate
             fillers.append(fill(disk))
             return write_manifest(result, gates, threads)
 
-        monkeypatch.setattr(export, "write_manifest", full_before_the_manifest)
+        monkeypatch.setattr("ftops.export.stage.write_manifest", full_before_the_manifest)
         with pytest.raises(export.ExportError, match="No space left"):
             export.export_model(candidate, target, [], MAX_LENGTH, variants=["fp32"], **parity_inputs(airline_snapshot))
         assert sorted(p.name for p in disk.rglob("*")) == ["exports", "filler.bin"]
 
         fillers[0].unlink()
-        monkeypatch.setattr(export, "write_manifest", write_manifest)
+        monkeypatch.setattr("ftops.export.stage.write_manifest", write_manifest)
         result = export.export_model(candidate, target, [], MAX_LENGTH, variants=["fp32"],
                                      **parity_inputs(airline_snapshot))
         assert result.out_dir == target and export.verify_files(target) == []

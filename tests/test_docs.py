@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from ftops import cli, reference
-from ftops.cli import app
+from ftops import reference
+from ftops.cli import app, root
 from ftops.config import load_config
 from ftops.errors import ConfigError
 
@@ -154,10 +154,10 @@ def test_every_ftops_command_in_hints_and_docs_exists():
 
 def overrides_by_command() -> dict[str, dict[str, str]]:
     """{command function: {dotted key: the parameter whose value it gets}} from the dict
-    literals in ftops/cli.py's command functions (what they hand `_config`)."""
-    tree = ast.parse((ROOT / "ftops" / "cli.py").read_text(encoding="utf-8"))
+    literals in the command functions of ftops/cli/ (what they hand `config_of`)."""
+    trees = [ast.parse(path.read_text(encoding="utf-8")) for path in sorted((ROOT / "ftops" / "cli").glob("*.py"))]
     keys, found = reference.config_keys(), {}
-    for func in (n for n in tree.body if isinstance(n, ast.FunctionDef)):
+    for func in (n for tree in trees for n in tree.body if isinstance(n, ast.FunctionDef)):
         params = {a.arg for a in func.args.args}
         for node in ast.walk(func):
             if not isinstance(node, ast.Dict):
@@ -181,8 +181,8 @@ def test_every_cli_override_is_named_by_the_flag_that_sets_it():
             continue  # a helper, not a command
         for dotted, param_name in overrides.items():
             option = next(p for p in commands[function].params if p.name == param_name)
-            assert cli._flag(dotted) in option.opts, \
-                f"{function}: {dotted} comes from {option.opts}, but errors would name {cli._flag(dotted)}"
+            assert root._flag(dotted) in option.opts, \
+                f"{function}: {dotted} comes from {option.opts}, but errors would name {root._flag(dotted)}"
             assert dotted in reference.option_flags(commands[function]), \
                 f"{function}: the help of {option.opts[0]} should name ({dotted}) (docs/config.md reads it)"
 

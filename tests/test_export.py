@@ -14,8 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ftops import decide, export, train
+from ftops import decide, export, names, train
+from ftops.artifacts import exported
+from ftops.export import card, parity, publish, results, runtime, source, variants
 from ftops.config import Config, GatesSection
+from ftops.export.select import select
 
 MAX_LENGTH = 32
 
@@ -40,10 +43,10 @@ def calibration_texts(snapshot, n: int = 50) -> list[str]:
 
 def ort_labels(folder: Path, texts: list[str], variant: str = "fp32") -> np.ndarray:
     """What serving does: tokenizer.json + onnxruntime, one batch per 32 texts."""
-    result = export.load_export(folder)
-    run = export.ort_runner(result.model_path(variant), threads=1)
-    tokenizer = export.load_tokenizer_json(folder / "tokenizer.json")
-    return np.concatenate([run(export.encode_batch(tokenizer, texts[i:i + 32])).argmax(-1)
+    result = card.load_export(folder)
+    run = runtime.ort_runner(result.model_path(variant), threads=1)
+    tokenizer = runtime.load_tokenizer_json(folder / "tokenizer.json")
+    return np.concatenate([run(runtime.encode_batch(tokenizer, texts[i:i + 32])).argmax(-1)
                            for i in range(0, len(texts), 32)])
 
 
@@ -95,7 +98,7 @@ def exports(candidates, airline_snapshot, tmp_path_factory) -> dict[str, export.
 def test_fp32_passes_parity_and_onnx_agrees_with_pytorch(name, exports, candidates, airline_snapshot):
     result = exports[name]
     fp32 = result.variants["fp32"]
-    assert fp32.status == export.PASS and fp32.batch_invariant
+    assert fp32.status == results.PASS and fp32.batch_invariant
     assert fp32.figures["max_abs_diff"] <= GatesSection().parity_atol
     assert fp32.figures["agreement"] == 1.0
     texts = parity_inputs(airline_snapshot)["parity_texts"]
@@ -104,7 +107,7 @@ def test_fp32_passes_parity_and_onnx_agrees_with_pytorch(name, exports, candidat
 
 def test_every_variant_is_recorded_with_figures_or_a_reason(exports):
     result = exports["full"]
-    assert list(result.variants) == list(export.VARIANTS)
+    assert list(result.variants) == list(variants.VARIANTS)
     for report in result.variants.values():
         if report.file:
             assert (result.out_dir / report.file).is_file()
@@ -112,53 +115,53 @@ def test_every_variant_is_recorded_with_figures_or_a_reason(exports):
                         "delta_macro_f1", "batch_label_agreement", "batch_max_prob_diff"):
                 assert key in report.figures, (report.name, key)
         else:
-            assert report.status in (export.SKIPPED, export.ERROR) and report.reason
+            assert report.status in (results.SKIPPED, results.ERROR) and report.reason
     bf16 = result.variants["bf16"]  # onnxruntime's CPU provider has no bf16 MatMul kernel
-    assert bf16.status == export.SKIPPED and export.UNSUPPORTED in bf16.reason
-    assert result.selected in result.variants and result.variants[result.selected].status == export.PASS
+    assert bf16.status == results.SKIPPED and results.UNSUPPORTED in bf16.reason
+    assert result.selected in result.variants and result.variants[result.selected].status == results.PASS
 
 
 def test_a_broken_variant_fails_the_gate_and_is_not_selected(candidates, airline_snapshot, tmp_path, monkeypatch):
-    def build_broken(build: export.Build, target: Path) -> list[str]:
+    def build_broken(build: variants.Build, target: Path) -> list[str]:
         return [f"perturbed {perturb_initializer(build.fp32, target)}"]
 
-    monkeypatch.setitem(export.VARIANTS, "broken", export.Variant("broken", build_broken, True, "test"))
+    monkeypatch.setitem(variants.VARIANTS, "broken", variants.Variant("broken", build_broken, True, "test"))
     result = export.export_model(candidates["full"], tmp_path / "out", calibration_texts(airline_snapshot),
                                  MAX_LENGTH, variants=["fp32", "broken"], **parity_inputs(airline_snapshot))
     broken = result.variants["broken"]
-    assert broken.status == export.FAIL
+    assert broken.status == results.FAIL
     assert "max_abs_diff" in broken.reason and "gates.parity_atol" in broken.reason
     assert result.selected == "fp32"
-    manifest = json.loads((result.out_dir / export.MANIFEST_FILE).read_text())
+    manifest = json.loads((result.out_dir / names.MANIFEST_FILE).read_text())
     assert manifest["variants"]["broken"]["status"] == "fail" and manifest["selected"] == "fp32"
 
 
 def test_a_variant_that_fails_to_build_is_recorded_not_raised(candidates, airline_snapshot, tmp_path, monkeypatch):
-    def build_failing(build: export.Build, target: Path) -> list[str]:
+    def build_failing(build: variants.Build, target: Path) -> list[str]:
         raise RuntimeError("quantizer exploded")
 
-    monkeypatch.setitem(export.VARIANTS, "failing", export.Variant("failing", build_failing, False, "test"))
+    monkeypatch.setitem(variants.VARIANTS, "failing", variants.Variant("failing", build_failing, False, "test"))
     result = export.export_model(candidates["lora"], tmp_path / "out", [], MAX_LENGTH,
                                  variants=["fp32", "failing"], **parity_inputs(airline_snapshot))
-    assert result.variants["failing"].status == export.ERROR
+    assert result.variants["failing"].status == results.ERROR
     assert "quantizer exploded" in result.variants["failing"].reason
     assert not (result.out_dir / "failing").exists()
 
 
 def test_manifest_hashes_match_the_files(exports, tmp_path):
     result = exports["lora"]
-    manifest = json.loads((result.out_dir / export.MANIFEST_FILE).read_text())
+    manifest = json.loads((result.out_dir / names.MANIFEST_FILE).read_text())
     for name in ("labels.json", "tokenizer.json", "tokenizer_config.json", "model_card.md", "fp32/model.onnx"):
-        assert manifest["files"][name] == export.sha256(result.out_dir / name)
-    assert export.verify_files(result.out_dir) == []
+        assert manifest["files"][name] == exported.sha256(result.out_dir / name)
+    assert exported.verify_files(result.out_dir) == []
     copy = shutil.copytree(result.out_dir, tmp_path / "copy")
     (copy / "labels.json").write_text('["tampered"]')
-    assert export.verify_files(copy) == ["labels.json"]
+    assert exported.verify_files(copy) == ["labels.json"]
 
 
 def test_manifest_tells_serving_where_everything_is(exports, airline_snapshot):
     result = exports["full"]
-    manifest = json.loads((result.out_dir / export.MANIFEST_FILE).read_text())
+    manifest = json.loads((result.out_dir / names.MANIFEST_FILE).read_text())
     assert json.loads((result.out_dir / manifest["labels_file"]).read_text()) == airline_snapshot.labels
     assert manifest["selected_file"] == f"{manifest['selected']}/model.onnx"
     assert manifest["max_length"] == MAX_LENGTH and manifest["pad_id"] == 0  # BERT's [PAD]
@@ -167,19 +170,19 @@ def test_manifest_tells_serving_where_everything_is(exports, airline_snapshot):
     tokenizer = json.loads((result.out_dir / "tokenizer.json").read_text())
     assert tokenizer["truncation"]["max_length"] == MAX_LENGTH  # not the training setting
     assert all("batch_invariant" in v for v in manifest["variants"].values())
-    assert "## Variants" in (result.out_dir / export.CARD_FILE).read_text()
+    assert "## Variants" in (result.out_dir / names.CARD_FILE).read_text()
 
 
 def test_reexport_gives_the_same_fp32_file(exports, candidates, tmp_path):
-    model, tokenizer, _ = export.load_for_export(candidates["lora"])
-    export.export_fp32(model, tokenizer, tmp_path / "again.onnx")
-    manifest = json.loads((exports["lora"].out_dir / export.MANIFEST_FILE).read_text())
-    assert export.sha256(tmp_path / "again.onnx") == manifest["files"]["fp32/model.onnx"]
+    model, tokenizer, _ = source.load_for_export(candidates["lora"])
+    source.export_fp32(model, tokenizer, tmp_path / "again.onnx")
+    manifest = json.loads((exports["lora"].out_dir / names.MANIFEST_FILE).read_text())
+    assert exported.sha256(tmp_path / "again.onnx") == manifest["files"]["fp32/model.onnx"]
 
 
 def test_export_json_round_trips(exports):
     result = exports["full"]
-    assert export.load_export(result.out_dir) == result
+    assert card.load_export(result.out_dir) == result
 
 
 def test_prompt_tuning_is_refused_with_a_clear_error(tiny_model, airline_snapshot, tmp_path):
@@ -191,8 +194,8 @@ def test_prompt_tuning_is_refused_with_a_clear_error(tiny_model, airline_snapsho
     model = get_peft_model(models.build_classifier(str(tiny_model), labels),
                            PromptTuningConfig(task_type=TaskType.SEQ_CLS, num_virtual_tokens=4))
     train.save_trained(model, models.load_tokenizer(str(tiny_model), MAX_LENGTH), labels, str(tiny_model),
-                       tmp_path / "prompt", is_peft=True)
-    with pytest.raises(export.ExportError, match="prompt-tuning models are not exportable"):
+                       tmp_path / "prompt")
+    with pytest.raises(export.ExportError, match="trained with prompt_tuning.*not exportable to ONNX"):
         export.export_model(tmp_path / "prompt", tmp_path / "out", [], MAX_LENGTH, **parity_inputs(airline_snapshot))
 
 
@@ -207,11 +210,11 @@ def test_mlflow_gets_every_variant_and_the_manifest(exports, tmp_path):
     from mlflow import MlflowClient
 
     result = exports["full"]
-    assert export.log_to_mlflow(result) is False  # no active run, no run id: nothing logged
+    assert publish.log_to_mlflow(result) is False  # no active run, no run id: nothing logged
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment = mlflow.create_experiment("export", artifact_location=(tmp_path / "art").as_uri())
     with mlflow.start_run(experiment_id=experiment) as run:
-        assert export.log_to_mlflow(result) is True
+        assert publish.log_to_mlflow(result) is True
     client = MlflowClient()
     metrics = client.get_run(run.info.run_id).data.metrics
     assert metrics["export.fp32.passed"] == 1.0 and "export.int8_static.p50_ms" in metrics
@@ -221,7 +224,7 @@ def test_mlflow_gets_every_variant_and_the_manifest(exports, tmp_path):
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "export")}
     assert "export/export.json" in artifacts
     only_fp32 = dataclasses.replace(result, variants={"fp32": result.variants["fp32"]})  # cheaper
-    assert export.log_to_mlflow(only_fp32, run_id=run.info.run_id) is True  # e.g. a registry version's run
+    assert publish.log_to_mlflow(only_fp32, run_id=run.info.run_id) is True  # e.g. a registry version's run
     assert mlflow.active_run() is None and client.get_run(run.info.run_id).info.status == "FINISHED"
 
 
@@ -238,40 +241,40 @@ def test_cli_export_prints_every_variant_and_the_selection(candidates, airline_s
     done = CliRunner().invoke(app, ["export", "--model", str(candidates["full"]), "--snapshot", airline_snapshot.id,
                                     "--config", str(config)], terminal_width=250)
     assert done.exit_code == 0, done.output
-    for name in export.VARIANTS:
+    for name in variants.VARIANTS:
         assert name in done.output
     assert "selected" in done.output
     (folder,) = (project / "exports").glob("full-*")
-    manifest = json.loads((folder / export.MANIFEST_FILE).read_text())
+    manifest = json.loads((folder / names.MANIFEST_FILE).read_text())
     assert manifest["source"]["snapshot"] == airline_snapshot.id and manifest["selected"] in manifest["variants"]
 
 
 # ---------------------------------------------------------------- rules and selection (pure)
 
 
-def report(name: str, status: str, p50: float, delta_f1: float = 0.0) -> export.VariantReport:
-    return export.VariantReport(name, status, file=f"{name}/model.onnx",
+def report(name: str, status: str, p50: float, delta_f1: float = 0.0) -> results.VariantReport:
+    return results.VariantReport(name, status, file=f"{name}/model.onnx",
                                 figures={"p50_ms": p50, "delta_macro_f1": delta_f1})
 
 
 def test_failing_only_batch_invariance_means_unbatched_only():
-    rules = [export.Rule("agreement", 0.99, 0.98, True, "parity_min_agreement"),
-             export.Rule("batch_label_agreement", 0.97, 1.0, False, "batch_label_agreement", batch=True)]
-    status, reason = export.verdict(rules)
-    assert status == export.UNBATCHED and "gates.batch_label_agreement" in reason
-    rules[0] = export.Rule("agreement", 0.90, 0.98, False, "parity_min_agreement")
-    assert export.verdict(rules)[0] == export.FAIL
+    rules = [results.Rule("agreement", 0.99, 0.98, True, "parity_min_agreement"),
+             results.Rule("batch_label_agreement", 0.97, 1.0, False, "batch_label_agreement", batch=True)]
+    status, reason = parity.verdict(rules)
+    assert status == results.UNBATCHED and "gates.batch_label_agreement" in reason
+    rules[0] = results.Rule("agreement", 0.90, 0.98, False, "parity_min_agreement")
+    assert parity.verdict(rules)[0] == results.FAIL
 
 
 def test_selection_takes_the_fastest_batch_invariant_variant_within_the_f1_loss():
     gates = GatesSection()
-    reports = {r.name: r for r in [report("fp32", export.PASS, 6.0), report("int8_dynamic", export.UNBATCHED, 3.0),
-                                   report("int8_static", export.PASS, 4.0, delta_f1=-0.02),
-                                   report("optimized", export.PASS, 5.0), report("broken", export.FAIL, 1.0)]}
-    selected, why = export.select(reports, gates)
+    reports = {r.name: r for r in [report("fp32", results.PASS, 6.0), report("int8_dynamic", results.UNBATCHED, 3.0),
+                                   report("int8_static", results.PASS, 4.0, delta_f1=-0.02),
+                                   report("optimized", results.PASS, 5.0), report("broken", results.FAIL, 1.0)]}
+    selected, why = select(reports, gates)
     assert selected == "optimized"
     assert "int8_dynamic" in why  # the faster unbatched_only variant is named, not chosen
-    assert export.select({"x": report("x", export.FAIL, 1.0)}, gates)[0] is None
+    assert select({"x": report("x", results.FAIL, 1.0)}, gates)[0] is None
 
 
 # ---------------------------------------------------------------- the real model
@@ -286,8 +289,8 @@ def test_real_minilm_lora_and_full_export_with_parity(airline_snapshot, tmp_path
         result = export.export_model(folder, tmp_path / f"export-{candidate.name}", calibration_texts(airline_snapshot),
                                      48, variants=["fp32", "optimized", "int8_dynamic"], **parity_inputs(airline_snapshot))
         fp32 = result.variants["fp32"]
-        assert fp32.status == export.PASS, fp32.reason
-        assert result.variants["optimized"].status == export.PASS, result.variants["optimized"].reason
+        assert fp32.status == results.PASS, fp32.reason
+        assert result.variants["optimized"].status == results.PASS, result.variants["optimized"].reason
         texts = parity_inputs(airline_snapshot)["parity_texts"]
         assert np.array_equal(ort_labels(result.out_dir, texts), pytorch_labels(folder, airline_snapshot, 48))
-        assert export.verify_files(result.out_dir) == []
+        assert exported.verify_files(result.out_dir) == []

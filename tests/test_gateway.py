@@ -18,8 +18,10 @@ from test_serving import TEXTS, make_export
 
 from ftops import predlog
 from ftops.config import Config, ServingSection
-from ftops.serve import deploy, gateway, server, traffic
-from ftops.serve.client import TritonClient
+from ftops.serve import deploy, gateway, traffic
+from ftops.serve.gateway import process
+from ftops.serve.triton import server
+from ftops.serve.triton.client import TritonClient
 
 LABELS = ["negative", "neutral", "positive"]
 
@@ -124,7 +126,7 @@ def shadow_gw(stack):
     info = gateway.start(cfg)
     yield cfg, info
     gateway.stop(cfg)
-    assert not gateway._alive(info.pid) and gateway.status(cfg) is None
+    assert not process.alive(info.pid) and gateway.status(cfg) is None
 
 
 def rows_for(cfg: Config, ids: set[str], expected: int, timeout_s: float = 10.0) -> pd.DataFrame:
@@ -234,7 +236,7 @@ def in_process(cfg: Config):
     """The gateway app under uvicorn in a thread, on a socket bound here."""
     import uvicorn
 
-    sock = gateway._bind("127.0.0.1", 0)
+    sock = process._bind("127.0.0.1", 0)
     srv = uvicorn.Server(uvicorn.Config(gateway.create_app(cfg), log_level="warning"))
     thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
@@ -338,7 +340,7 @@ def test_clean_shutdown_under_load_loses_no_logged_row(shadow_gw):
     assert gateway.stop(cfg)
     stop.set()
     [t.join(30) for t in threads]
-    assert len(ok) > 10 and not gateway._alive(info.pid)
+    assert len(ok) > 10 and not process.alive(info.pid)
     frame = rows_for(cfg, set(ok), expected=len(ok), timeout_s=2)
     served = frame[frame["route"] == "champion"]
     assert len(served) == len(ok) and set(served["request_id"]) == set(ok)

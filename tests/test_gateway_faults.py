@@ -24,8 +24,10 @@ from test_serving import TEXTS, make_export
 
 from ftops import predlog
 from ftops.config import Config
-from ftops.serve import deploy, gateway, server, traffic
-from ftops.serve.client import TritonClient
+from ftops.serve import deploy, gateway, loadtest, traffic
+from ftops.serve.gateway import process
+from ftops.serve.triton import server
+from ftops.serve.triton.client import TritonClient
 
 LIMIT_S = 1.0  # the module's request and probe limits
 
@@ -206,10 +208,10 @@ def test_shutdown_writes_the_log_first_and_drops_the_queued_shadow_copies(stack,
 # ------------------------------------------------------------ the gateway process dies
 
 
-def under_load(info: gateway.GatewayInfo, fault, seconds: float = 1.5) -> gateway.GatewayLoad:
+def under_load(info: gateway.GatewayInfo, fault, seconds: float = 1.5) -> loadtest.GatewayLoad:
     """The gateway's load generator for `seconds`, then `fault()`, then the load stops."""
     stop, result = threading.Event(), {}
-    thread = threading.Thread(target=lambda: result.update(load=gateway.loadtest(
+    thread = threading.Thread(target=lambda: result.update(load=loadtest.gateway(
         info.url, TEXTS, requests=100_000, concurrency=3, max_seconds=30, users=50, warmup=0, timeout_s=10,
         stop=stop)))
     thread.start()
@@ -222,7 +224,7 @@ def under_load(info: gateway.GatewayInfo, fault, seconds: float = 1.5) -> gatewa
 
 def test_sigterm_under_load_loses_no_answered_row(stack, gw):
     load = under_load(gw, lambda: gateway.stop(stack))  # SIGTERM, waits for the exit
-    assert len(load.request_ids) > 20 and not gateway._alive(gw.pid)
+    assert len(load.request_ids) > 20 and not process.alive(gw.pid)
     frame = rows_for(stack, set(load.request_ids), expected=len(load.request_ids), timeout_s=0)
     served = frame[frame["route"].isin(["champion", "challenger"])]
     print(f"\nSIGTERM under load: {len(load.request_ids)} answered at {load.throughput:.0f} req/s, "

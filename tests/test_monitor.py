@@ -24,7 +24,8 @@ from sqlalchemy import create_engine, text
 
 from ftops import monitor
 from ftops.config import Config
-from ftops.corpora import load_builtin
+from ftops.data.corpora import load_builtin
+from ftops.monitor import events, frames, store, ui
 
 WINDOW = 300
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
@@ -122,7 +123,7 @@ def test_live_quality_is_computed_on_feedback_rows_only(traffic, tmp_path):
 
 def test_an_alternating_stream_alerts_once_per_cooldown(traffic, tmp_path, monkeypatch):
     sent = []
-    monkeypatch.setattr(monitor, "emit_drift_event", lambda config, result: sent.append(result.id) or True)
+    monkeypatch.setattr(events, "emit_drift_event", lambda config, result: sent.append(result.id) or True)
     cfg = make_config(tmp_path)
     drifted, clean = traffic.window("other"), traffic.window("airline")
     stream = [clean, drifted] * 4
@@ -179,14 +180,14 @@ def test_the_window_comes_from_the_prediction_log(traffic, tmp_path):
     from ftops import predlog
 
     cfg = make_config(tmp_path, window_size=250)
-    eng = monitor.checks_engine(cfg)
+    eng = store.checks_engine(cfg)
     window = traffic.window("other", n=400)
     routes = ["champion", "challenger", "shadow", "champion"] * 100
     predlog.write(eng, [predlog.Record(f"r{i}", row.text, row.prediction, row.confidence, [0.0], 5.0, "m", "1",
                                        routes[i], ts=T0 + timedelta(seconds=i)).row()
                         for i, row in enumerate(window.itertuples())])
     predlog.add_feedback(eng, "r399", "neutral")
-    current = monitor.current_window(cfg, eng)
+    current = frames.current_window(cfg, eng)
     assert len(current) == 250 and set(current.columns) >= {"text", "prediction", "confidence", "label"}
     assert current["label"].notna().sum() == 1
     result = monitor.check(cfg, reference=traffic.reference, now=T0 + timedelta(hours=1))
@@ -335,13 +336,16 @@ def _screenshot(url: str, path: Path) -> None:
     assert path.is_file() and path.stat().st_size > 20_000
 
 
-def test_a_stale_ui_state_file_is_removed(tmp_path):
+@pytest.mark.parametrize("written_by", ["procs", "an older release"])
+def test_a_stale_ui_state_file_is_removed(tmp_path, written_by):
     cfg = make_config(tmp_path)
-    state = monitor.ui_dir(cfg) / "ui.json"
+    state = ui.ui_dir(cfg) / "ui.json"
     state.parent.mkdir(parents=True)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    state.write_text(json.dumps({"pid": dead.pid, "host": "127.0.0.1", "port": 1, "workspace": "w", "log": "l"}))
+    older = {"pid": dead.pid, "host": "127.0.0.1", "port": 1, "workspace": "w", "log": "l"}
+    current = {"name": "ui", "pid": dead.pid, "url": "http://127.0.0.1:1", "log": "l", "marker": "evidently"}
+    state.write_text(json.dumps(current if written_by == "procs" else older))
     assert monitor.ui_status(cfg) is None and not state.exists()
     assert monitor.ui_stop(cfg) is False
 
@@ -361,7 +365,7 @@ def prefect_server(tmp_path):
     api = f"http://127.0.0.1:{port}/api"
     try:
         deadline = time.monotonic() + 90
-        while not monitor.prefect_reachable(api, timeout=1):
+        while not events.prefect_reachable(api, timeout=1):
             assert proc.poll() is None, (tmp_path / "prefect.log").read_text()[-2000:]
             assert time.monotonic() < deadline, "prefect server not healthy in 90 s"
             time.sleep(0.5)

@@ -21,8 +21,9 @@ from typer.testing import CliRunner
 from ftops import online, predlog, registry
 from ftops.cli import app
 from ftops.config import Config, ServingSection, load_config
-from ftops.serve import deploy, gateway, server, traffic
-from ftops.serve.repository import Deployable
+from ftops.serve import deploy, gateway, traffic
+from ftops.serve.triton import server
+from ftops.serve.deployable import Deployable
 
 MIN_FEEDBACK = 30
 POOL = list(dict.fromkeys(TEXTS)) + [f"flight {i} was {w}" for i in range(10) for w in ("late", "fine", "awful")]

@@ -12,7 +12,7 @@ import pytest
 
 from ftops import procs, services
 from ftops.config import Config
-from ftops.serve.server import free_port
+from ftops.serve.triton.server import free_port
 
 pytestmark = pytest.mark.slow
 

@@ -17,7 +17,7 @@ from websockets.sync.client import connect
 
 from ftops import monitor, security, services
 from ftops.config import Config
-from ftops.serve.server import free_port
+from ftops.serve.triton.server import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -92,7 +92,7 @@ def test_the_websocket_event_stream_refuses_without_the_auth_string(protected, h
 
 
 def test_ftops_sends_the_drift_event_with_its_credential(protected, monkeypatch):
-    monkeypatch.setattr(monitor, "event_payload", lambda result: {"test": "auth"})
+    monkeypatch.setattr(monitor.events, "event_payload", lambda result: {"test": "auth"})
     assert monitor.emit_drift_event(protected, None) is True
     deadline = time.monotonic() + 30
     while not (found := [e for e in _events(protected.uris.prefect_api) if e["payload"].get("test") == "auth"]):

@@ -23,9 +23,11 @@ from ftops import registry, tracking
 from ftops.config import Config
 from ftops.lock import LockTimeout, promotion_lock
 from ftops.reconcile import reconcile
-from ftops.serve import deploy, loadtest, repository, server
-from ftops.serve.client import TritonClient
-from ftops.serve.repository import ModelNames, ServingError
+from ftops.serve import deploy, loadtest
+from ftops.serve.triton import repository, server
+from ftops.serve.triton.client import TritonClient
+from ftops.serve.triton.models import ModelNames
+from ftops.serve.runtime import ServingError
 
 POSTGRES_URL = os.environ.get("FTOPS_TEST_POSTGRES_URL")
 GATE_TEXTS = TEXTS[:16]
@@ -53,7 +55,7 @@ def tiny_candidate(folder: Path, labels: list[str]) -> Path:
         vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
         num_labels=len(labels), max_position_embeddings=128))
     tokenizer = AutoTokenizer.from_pretrained(resolve_model("minilm-l6"))
-    train.save_trained(model, tokenizer, labels, "tiny-bert", folder, is_peft=False)
+    train.save_trained(model, tokenizer, labels, "tiny-bert", folder)
     return folder
 
 

@@ -19,7 +19,7 @@ import pytest
 
 from ftops import services
 from ftops.config import load_config
-from ftops.serve.server import free_port
+from ftops.serve.triton.server import free_port
 
 pytestmark = pytest.mark.slow
 

@@ -91,18 +91,20 @@ def test_a_fresh_project_is_pruned_without_creating_anything(tmp_path):
 def test_the_repository_keeps_exactly_champion_previous_and_challenger(tmp_path):
     from test_serving import make_export
 
-    from ftops.serve import deploy, repository, server
+    from ftops.serve import deploy
+    from ftops.serve.deployable import Deployable
+    from ftops.serve.triton import models, repository, server
 
     cfg = make_config(tmp_path / "proj")
     repo = server.repository_dir(cfg)
     repo.mkdir(parents=True)
-    model = repository.Deployable.from_export(make_export(tmp_path / "export", seed=0))
+    model = Deployable.from_export(make_export(tmp_path / "export", seed=0))
     for tag in ("v1", "v2", "v3", "v4", "v5", "v6", "v7"):
         repository.write_version(repo, "svc", tag, model, cfg.serving)
     repository.write_version(repo, "other", "v1", model, cfg.serving)  # another project, shared repository
     (repo / "hand-made").mkdir()
-    repository.mark_pending(repo, repository.ModelNames.for_tag("svc", "v2"))  # being deployed right now
-    repository.mark_pending(repo, repository.ModelNames.for_tag("svc", "v7"))  # a deploy that died long ago
+    repository.mark_pending(repo, models.ModelNames.for_tag("svc", "v2"))  # being deployed right now
+    repository.mark_pending(repo, models.ModelNames.for_tag("svc", "v7"))  # a deploy that died long ago
     old = time.time() - repository.PENDING_MAX_S - 60
     os.utime(repo / "svc-v7.pending", (old, old))
     assert deploy.prune_repository(cfg) == []  # nothing routed yet: nothing to tell stale from kept
@@ -116,7 +118,7 @@ def test_the_repository_keeps_exactly_champion_previous_and_challenger(tmp_path)
     assert set(repository.versions(repo, "other")) == {"v1"} and (repo / "hand-made").is_dir()
     assert not list(repo.glob("svc-v1*")) and not list(repo.glob("svc-v7*"))
     for tag in ("v3", "v5", "v6"):
-        assert repository.version_problems(repo, repository.ModelNames.for_tag("svc", tag)) == []
+        assert repository.version_problems(repo, models.ModelNames.for_tag("svc", tag)) == []
 
 
 # ------------------------------------------------------------ service logs

@@ -10,6 +10,8 @@ import pytest
 
 from ftops import data, evaluate
 from ftops.config import Config, GatesSection
+from ftops.data import splitting
+from ftops.data.feedback import feedback_split, sender_allowance
 
 LABELS = ["neg", "neu", "pos"]
 
@@ -59,14 +61,14 @@ def every_row(snapshot):
 
 def test_the_split_of_a_request_id_is_a_salted_deterministic_hash():
     ids = [f"req-{i}" for i in range(20000)]
-    splits = [data.feedback_split(r, "shop", 0.2, 0.15 / 0.85) for r in ids]
+    splits = [feedback_split(r, "shop", 0.2, 0.15 / 0.85) for r in ids]
     shares = pd.Series(splits).value_counts(normalize=True)
     assert abs(shares["test"] - 0.2) < 0.01
     assert abs(shares["validation"] - 0.8 * 0.15 / 0.85) < 0.01
-    assert splits == [data.feedback_split(r, "shop", 0.2, 0.15 / 0.85) for r in ids]
-    other = [data.feedback_split(r, "another-project", 0.2, 0.15 / 0.85) for r in ids]
+    assert splits == [feedback_split(r, "shop", 0.2, 0.15 / 0.85) for r in ids]
+    other = [feedback_split(r, "another-project", 0.2, 0.15 / 0.85) for r in ids]
     assert np.mean(np.array(other) != np.array(splits)) > 0.3  # the salt changes which rows
-    assert "test" not in {data.feedback_split(r, "shop", 0.0, 0.15 / 0.85) for r in ids[:500]}
+    assert "test" not in {feedback_split(r, "shop", 0.0, 0.15 / 0.85) for r in ids[:500]}
 
 
 def test_the_caller_cannot_choose_split_or_source(settings, champion):
@@ -75,7 +77,7 @@ def test_the_caller_cannot_choose_split_or_source(settings, champion):
     frame = data.retraining_frame(champion, feedback, config)
     new = frame[frame["source"] == "feedback"]
     assert len(new) == 300
-    expected = [data.feedback_split(r, "shop", 0.2, 0.15 / 0.85) for r in feedback["request_id"]]
+    expected = [feedback_split(r, "shop", 0.2, 0.15 / 0.85) for r in feedback["request_id"]]
     assert list(new["split_hint"]) == expected
     shuffled = data.retraining_frame(champion, feedback.sample(frac=1.0, random_state=1), config)
     by_id = shuffled[shuffled["source"] == "feedback"].set_index("request_id")["split_hint"]
@@ -88,7 +90,7 @@ def test_held_out_feedback_is_tested_on_and_never_trained_on(settings, champion)
     snapshot = retrain(config, champion, feedback)
     rows = every_row(snapshot)
     fed = rows[rows["source"] == "feedback"]
-    expected = {t: data.feedback_split(r, "shop", 0.2, 0.15 / 0.85)
+    expected = {t: feedback_split(r, "shop", 0.2, 0.15 / 0.85)
                 for r, t in zip(feedback["request_id"], feedback["text"])}
     assert dict(zip(fed["text"], fed["split"])) == expected
     assert 0.15 < (fed["split"] == "test").mean() < 0.25
@@ -106,7 +108,7 @@ def test_held_out_feedback_is_tested_on_and_never_trained_on(settings, champion)
 def test_one_feedback_row_of_a_class_trains_and_is_reported(settings, champion):
     config = settings(max_sender_share=0.9)
     lone = next(f"lone{i}" for i in range(1000)
-                if data.feedback_split(f"lone{i}-anonymous-0", "shop", 0.2, 0.15 / 0.85) == "test")
+                if feedback_split(f"lone{i}-anonymous-0", "shop", 0.2, 0.15 / 0.85) == "test")
     feedback = pd.concat([traffic(60).query("label != 'neu'"),
                           labelled(["the only neutral one"], ["neu"], prefix=lone)])
     snapshot = retrain(config, champion, feedback)
@@ -121,7 +123,7 @@ def test_a_stratified_split_keeps_labels_too_small_to_stratify_in_train():
     frame["split_hint"] = None
     frame.loc[frame["label"] == "c", "split_hint"] = [None, "test"]
     report = data.CleaningReport()
-    parts = data.split(frame, Config().data, report)
+    parts = splitting.split(frame, Config().data, report)
     assert list(parts["train"].query("label == 'c'")["row"]) == [41]
     assert list(parts["test"].query("label == 'c'")["row"]) == [42]
     assert report.kept_in_train == {"c": 1}
@@ -166,10 +168,10 @@ def test_one_sender_is_capped_and_its_newest_rows_are_left_out(settings, champio
 
 
 def test_sender_allowance_is_a_share_of_the_kept_set():
-    assert data.sender_allowance(3000, [1290], 0.4) == 1716  # the demo: nothing left out
-    cap = data.sender_allowance(3000, [10**6], 0.005)
+    assert sender_allowance(3000, [1290], 0.4) == 1716  # the demo: nothing left out
+    cap = sender_allowance(3000, [10**6], 0.005)
     assert cap == 15 and cap <= 0.005 * (3000 + cap)        # flooding does not raise the cap
-    cap = data.sender_allowance(100, [50, 50, 3], 0.2)
+    cap = sender_allowance(100, [50, 50, 3], 0.2)
     assert cap <= 0.2 * (100 + 2 * cap + 3) < cap + 1
 
 

@@ -17,7 +17,7 @@ from rich.console import Console
 
 from ftops import procs, run as runs, services
 from ftops.config import Config, load_config
-from ftops.serve.server import free_port
+from ftops.serve.triton.server import free_port
 
 
 # ---------------------------------------------------------------- recorded summaries

@@ -13,9 +13,11 @@ import numpy as np
 import pytest
 
 from ftops.config import Config, ServingSection
-from ftops.serve import deploy, loadtest, repository, server
-from ftops.serve.client import TritonClient
-from ftops.serve.repository import Deployable, ServingError
+from ftops.serve import deploy, loadtest
+from ftops.serve.triton import models, repository, server
+from ftops.serve.triton.client import TritonClient
+from ftops.serve.deployable import Deployable
+from ftops.serve.runtime import ServingError
 
 TEXTS = ["@united thanks for the lovely crew", "my bag is lost AGAIN", "Flight delayed 3 hours. Great.",
          "ok", "café ☕ and 😀 on board", "东京 flight was fine", "x " * 300, "a\tb\nc"] * 8
@@ -27,7 +29,7 @@ def make_export(folder: Path, seed: int) -> Path:
     import torch
     from transformers import BertConfig, BertForSequenceClassification
 
-    from ftops.export import file_hashes
+    from ftops.artifacts.exported import file_hashes
     from ftops.models import resolve_model
 
     torch.manual_seed(seed)
@@ -77,22 +79,22 @@ def project(tmp_path_factory):
 
 def test_python_runtime_config_is_ragged_and_within_the_cores(exports):
     model = Deployable.from_export(exports[0])
-    text = repository.PythonOnnxRuntime().classifier_config("c", ServingSection(), model)
-    instances, threads = repository.default_instances(ServingSection())
+    text = models.PythonOnnxRuntime().classifier_config("c", ServingSection(), model)
+    instances, threads = models.default_instances(ServingSection())
     assert instances * threads <= (os.cpu_count() or 1)
     assert "allow_ragged_batch: true" in text and "dynamic_batching" in text
     assert 'key: "bucket_size" value: { string_value: "8" }' in text
-    off = repository.PythonOnnxRuntime().classifier_config("c", ServingSection(batching=False), model)
+    off = models.PythonOnnxRuntime().classifier_config("c", ServingSection(batching=False), model)
     assert "allow_ragged_batch" not in off and "dynamic_batching" not in off
 
 
 def test_a_batch_variant_dependent_model_runs_text_by_text(exports):
     model = Deployable.from_export(exports[0])
     model.batch_invariant = False
-    text = repository.PythonOnnxRuntime().classifier_config("c", ServingSection(), model)
+    text = models.PythonOnnxRuntime().classifier_config("c", ServingSection(), model)
     assert 'key: "bucket_size" value: { string_value: "1" }' in text
     with pytest.raises(ServingError, match="not batch-invariant"):
-        repository.OnnxRuntimeBackend().classifier_config("c", ServingSection(), model)
+        models.OnnxRuntimeBackend().classifier_config("c", ServingSection(), model)
 
 
 def test_onnxruntime_backend_runtime_writes_platform_and_postprocess(exports, tmp_path):
@@ -209,7 +211,7 @@ def test_hot_swap_under_load_loses_no_request(project, exports):
     routes = deploy.routing(cfg)
     assert routes["champion"].export == str(exports[2]) and routes["previous"].export == str(exports[1])
     with TritonClient(info.grpc_url) as client:
-        first = repository.ModelNames.for_tag("svc", deploy.tag_for(Deployable.from_export(exports[0]), None))
+        first = models.ModelNames.for_tag("svc", deploy.tag_for(Deployable.from_export(exports[0]), None))
         assert not client.ready(first.ensemble)  # older than previous: unloaded ...
     assert not any((Path(info.repository) / name).exists() for name in first.all())  # ... and removed
     assert set(repository.versions(Path(info.repository), "svc")) == {r.tag for r in routes.values()}
@@ -287,3 +289,39 @@ def test_an_external_triton_is_used_through_its_uri_and_never_stopped(project, e
     assert server.status(gone) is None
     with pytest.raises(ServingError, match=r"uris.triton\) is not ready .* does not start a Triton"):
         server.start(gone)
+
+
+def test_a_strategy_in_its_own_file_trains_exports_and_serves(project, tiny_model, airline_snapshot, tmp_path):
+    """tests/toy_strategy.py is the whole strategy: nothing else names it, yet its own saved
+    form goes through training, export (merged) and Triton like a built-in strategy's."""
+    import toy_strategy  # registers "temperature_head"
+
+    from ftops import export, strategies, train
+
+    cfg, info = project
+    trained_cfg = Config.model_validate({
+        "project": {"dir": str(tmp_path)}, "model": {"name": str(tiny_model), "max_length": 48},
+        "candidates": [{"name": "toy", "strategy": "temperature_head", "max_steps": 6, "batch_size": 16,
+                        "learning_rate": 5e-2, "params": {"temperature": 2.0}}]})
+    result = train.train_candidate(trained_cfg, trained_cfg.candidates[0], airline_snapshot, tmp_path / "toy")
+    model, tokenizer, labels = train.load_trained(result.out_dir)
+    assert isinstance(strategies.holding(model), toy_strategy.TemperatureHeadStrategy)
+    temperature = float(model.classifier.log_t.exp())
+    assert temperature != pytest.approx(2.0, abs=1e-4)  # it trained, and came back as trained
+
+    test = airline_snapshot.split("test")
+    label_ids = [airline_snapshot.labels.index(label) for label in test["label"]]
+    exported = export.export_model(result.out_dir, tmp_path / "export", [], 48, variants=["fp32"],
+                                   parity_texts=list(test["text"]), parity_labels=label_ids)
+    assert exported.selected == "fp32", exported.selection_reason
+    deployed = deploy.deploy(cfg, tmp_path / "export", TEXTS[:16])
+    assert deployed.outcome == "promoted", deployed.reason
+
+    import torch
+
+    with torch.no_grad():  # the unmerged model as trained is the reference
+        encoded = tokenizer(TEXTS[:16], truncation=True, max_length=48, padding=True, return_tensors="pt")
+        expected = torch.softmax(model(**encoded).logits, -1).numpy()
+    with TritonClient(info.grpc_url) as client:
+        served = np.array([p.probs for p in client.classify(TEXTS[:16], deploy.champion_model(cfg))])
+    assert np.abs(served - expected).max() <= 1e-4

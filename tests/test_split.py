@@ -6,6 +6,7 @@ import pytest
 
 from ftops import data
 from ftops.config import DataSection, FeedbackSection
+from ftops.data import augmentation, splitting
 from ftops.errors import DataError
 
 from conftest import write_csv
@@ -19,7 +20,7 @@ def labelled(n=1000, shares=(0.6, 0.3, 0.1)):
 
 def test_split_is_stratified_disjoint_and_sized():
     frame = labelled()
-    parts = data.split(frame, DataSection(validation_size=0.15, test_size=0.15))
+    parts = splitting.split(frame, DataSection(validation_size=0.15, test_size=0.15))
     rows = [set(p["row"]) for p in parts.values()]
     assert set.union(*rows) == set(frame["row"])
     assert sum(len(r) for r in rows) == len(frame)
@@ -32,9 +33,9 @@ def test_split_is_stratified_disjoint_and_sized():
 
 def test_split_is_deterministic_per_seed():
     frame = labelled()
-    a = data.split(frame, DataSection(seed=1))
-    b = data.split(frame, DataSection(seed=1))
-    c = data.split(frame, DataSection(seed=2))
+    a = splitting.split(frame, DataSection(seed=1))
+    b = splitting.split(frame, DataSection(seed=1))
+    c = splitting.split(frame, DataSection(seed=2))
     assert list(a["test"]["row"]) == list(b["test"]["row"])
     assert list(a["test"]["row"]) != list(c["test"]["row"])
 
@@ -42,7 +43,7 @@ def test_split_is_deterministic_per_seed():
 def test_max_rows_is_a_stratified_sample():
     frame = labelled(2000)
     report = data.CleaningReport()
-    kept = data.subsample(frame, DataSection(max_rows=500), report)
+    kept = splitting.subsample(frame, DataSection(max_rows=500), report)
     assert len(kept) == 500 and report.subsampled == 1500
     assert abs(kept["label"].value_counts(normalize=True)["pos"] - frame["label"].value_counts(normalize=True)["pos"]) < 0.01
 
@@ -66,7 +67,7 @@ def test_augmentation_touches_train_only_and_is_seeded(tmp_path, project):
 def test_eda_keeps_words_of_the_text():
     rng = random.Random(3)
     text = "one two three four five six"
-    out = data.eda(text, rng, 0.2, 0.2, 0.2)
+    out = augmentation.eda(text, rng, 0.2, 0.2, 0.2)
     assert out != text and set(out.split()) <= set(text.split())
 
 

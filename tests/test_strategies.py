@@ -41,7 +41,7 @@ def test_unknown_candidate_name_lists_the_configured_ones(tiny_model):
 
 
 def test_freeze_freezes_embeddings_and_bottom_layers(tiny_model):
-    prepared = strategies.get_strategy("freeze").prepare(build(tiny_model), strategies.FreezeParams(layers=1), 1e-3, 0.01)
+    prepared = strategies.get_strategy("freeze").prepare(build(tiny_model), strategies.get_strategy("freeze").Params(layers=1), 1e-3, 0.01)
     model = prepared.model
     assert not any(p.requires_grad for p in model.bert.embeddings.parameters())
     assert not any(p.requires_grad for p in model.bert.encoder.layer[0].parameters())
@@ -51,7 +51,7 @@ def test_freeze_freezes_embeddings_and_bottom_layers(tiny_model):
 
 def test_llrd_groups_have_decayed_learning_rates(tiny_model):
     model = build(tiny_model)
-    params = strategies.LlrdParams(decay=0.5, head_lr_multiplier=3.0)
+    params = strategies.get_strategy("llrd").Params(decay=0.5, head_lr_multiplier=3.0)
     prepared = strategies.get_strategy("llrd").prepare(model, params, 1e-3, 0.01)
     lr_of = {g["name"]: g["lr"] for g in prepared.param_groups}
     assert lr_of["layer1"] == pytest.approx(1e-3)         # top layer: base LR
@@ -64,7 +64,7 @@ def test_llrd_groups_have_decayed_learning_rates(tiny_model):
 
 
 def test_lora_reports_its_trainable_share(tiny_model):
-    prepared = strategies.get_strategy("lora").prepare(build(tiny_model), strategies.LoraParams(rank=2), 1e-3, 0.0)
+    prepared = strategies.get_strategy("lora").prepare(build(tiny_model), strategies.get_strategy("lora").Params(rank=2), 1e-3, 0.0)
     counted = sum(p.numel() for p in prepared.model.parameters() if p.requires_grad)
     assert prepared.trainable == counted and prepared.is_peft
     names = [n for n, p in prepared.model.named_parameters() if p.requires_grad]

@@ -20,9 +20,10 @@ from test_serving import TEXTS, make_export
 from ftops import procs, services
 from ftops.config import load_config
 from ftops.errors import FtopsError
-from ftops.serve import deploy, server
-from ftops.serve.client import TritonClient
-from ftops.serve.server import free_port
+from ftops.serve import deploy
+from ftops.serve.triton import server
+from ftops.serve.triton.client import TritonClient
+from ftops.serve.triton.server import free_port
 
 pytestmark = pytest.mark.slow
 

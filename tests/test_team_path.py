@@ -27,7 +27,7 @@ import yaml
 
 from ftops import predlog, procs, registry, tracking
 from ftops.config import DEFAULT_CONFIG, Config, load_config
-from ftops.serve.server import free_port
+from ftops.serve.triton.server import free_port
 
 pytestmark = pytest.mark.slow
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ftops import strategies, train, tune
+from ftops import names, strategies, train, tune
 from ftops.config import CandidateSection, Config, DistillationSection, load_config
 from ftops.errors import ConfigError
 from ftops.strategies import Dim
@@ -165,7 +165,7 @@ def test_a_new_strategy_that_declares_a_space_is_tuned_with_no_other_edit(monkey
     class WidthParams(strategies.Params):
         width: int = Field(4, ge=1, le=16)
 
-    class Width(strategies.Full):
+    class Width(strategies.full.Full):
         name = "width"
         Params = WidthParams
         description = "a test strategy"
@@ -360,11 +360,11 @@ def test_the_study_is_tracked_in_mlflow_with_states_curves_and_plots(studied):
     parent = client.get_run(result.run_id)
     assert parent.info.run_name == "tune-lora" and parent.data.params["study"] == result.study
     assert parent.data.metrics["trials_pruned"] == 1 and parent.data.metrics["best_val_macro_f1"] > 0.6
-    assert "need 2 complete trials" in parent.data.tags[tune.TAG_IMPORTANCES]
+    assert "need 2 complete trials" in parent.data.tags[names.TAG_IMPORTANCES]
     assert {a.path for a in client.list_artifacts(result.run_id, "plots")} == {"plots/optimization_history.png"}
     runs = trial_runs(cfg, result.run_id)
-    assert runs["trial-0"].data.tags[tune.TAG_TRIAL_STATE] == "complete"
-    assert runs["trial-1"].data.tags[tune.TAG_TRIAL_STATE] == "pruned"
+    assert runs["trial-0"].data.tags[names.TAG_TRIAL_STATE] == "complete"
+    assert runs["trial-1"].data.tags[names.TAG_TRIAL_STATE] == "pruned"
     assert runs["trial-1"].data.params["learning_rate"] == "1e-08"
     assert len(client.get_metric_history(runs["trial-0"].info.run_id, "eval_macro_f1")) == 3
     assert len(client.get_metric_history(runs["trial-1"].info.run_id, "eval_macro_f1")) == 1  # stopped early
@@ -376,13 +376,13 @@ def test_a_round_trains_with_the_tuned_settings_and_names_their_trial(studied):
     round_ = train.train_round(cfg, snapshot, ["lora"], tuned=True)
     runs = trial_runs(cfg, round_.run_id)
     lora = runs["lora"]
-    assert lora.data.tags[tune.TAG_TUNED_STUDY] == result.study and lora.data.tags[tune.TAG_TUNED_TRIAL] == "0"
+    assert lora.data.tags[names.TAG_TUNED_STUDY] == result.study and lora.data.tags[names.TAG_TUNED_TRIAL] == "0"
     assert lora.data.params["learning_rate"] == "0.005" and lora.data.params["tuned.learning_rate"] == "0.005"
     assert lora.data.params["tuned.lora.rank"] == "8"
     assert round_.candidates[0][0].test_macro_f1 is not None  # training proper still reports the test split
     plain = train.train_round(cfg.model_copy(update={"candidates": [cfg.candidates[0].model_copy(
         update={"max_steps": 1})]}), snapshot, ["lora"])  # tuning.enabled is false: the config's own settings
-    assert tune.TAG_TUNED_STUDY not in trial_runs(cfg, plain.run_id)["lora"].data.tags
+    assert names.TAG_TUNED_STUDY not in trial_runs(cfg, plain.run_id)["lora"].data.tags
 
 
 @pytest.mark.slow

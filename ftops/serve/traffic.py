@@ -38,7 +38,8 @@ from scipy.stats import norm
 
 from ftops import predlog
 from ftops.config import Config, ServingSection
-from ftops.evaluate import BATCH_METRICS, _confusions, mcnemar, paired_bootstrap
+from ftops.names import CHALLENGER, CHAMPION
+from ftops.evaluate.stats import BATCH_METRICS, _confusions, mcnemar, paired_bootstrap
 
 REPORT_COLUMNS = ("request_id", "route", "prediction", "feedback", "latency_ms", "model", "version", "fallback_from")
 REPORT_MAX_ROWS = 200_000  # newest log rows a report reads when no row count is given
@@ -62,7 +63,7 @@ class Policy:
 
     def assign(self, user_key: str | None, has_challenger: bool) -> Assignment:
         if self.needs_challenger and not has_challenger:
-            return Assignment("champion", note=NO_CHALLENGER)
+            return Assignment(CHAMPION, note=NO_CHALLENGER)
         return self.choose(user_key)
 
     def choose(self, user_key: str | None) -> Assignment:
@@ -77,7 +78,7 @@ class ChampionPolicy(Policy):
     needs_challenger = False
 
     def choose(self, user_key: str | None) -> Assignment:
-        return Assignment("champion")
+        return Assignment(CHAMPION)
 
 
 class ABPolicy(Policy):
@@ -97,7 +98,7 @@ class ABPolicy(Policy):
 
     def choose(self, user_key: str | None) -> Assignment:
         point = self.rng.random() if user_key is None else self.bucket(user_key)
-        return Assignment("challenger" if point < self.share else "champion")
+        return Assignment(CHALLENGER if point < self.share else CHAMPION)
 
     def describe(self) -> str:
         return f"ab ({self.share:.0%} to the challenger)"
@@ -107,7 +108,7 @@ class ShadowPolicy(Policy):
     name = "shadow"
 
     def choose(self, user_key: str | None) -> Assignment:
-        return Assignment("champion", shadow=True)
+        return Assignment(CHAMPION, shadow=True)
 
 
 POLICIES: dict[str, type[Policy]] = {p.name: p for p in (ChampionPolicy, ABPolicy, ShadowPolicy)}
@@ -220,14 +221,14 @@ def _label_codes(frame: pd.DataFrame) -> list[str]:
 
 def _ab_section(frame: pd.DataFrame, labels: list[str], alpha: float, resamples: int, seed: int) -> dict | None:
     assigned = fallback_from(frame)
-    arms = {arm: frame[(frame["route"] == arm) & assigned.isna()] for arm in ("champion", "challenger")}
+    arms = {arm: frame[(frame["route"] == arm) & assigned.isna()] for arm in (CHAMPION, CHALLENGER)}
     fallbacks = {arm: int((assigned == arm).sum()) for arm in arms}
-    if arms["challenger"].empty and not fallbacks["challenger"]:
+    if arms[CHALLENGER].empty and not fallbacks[CHALLENGER]:
         return None
     summary = {arm: {**arm_summary(rows, labels, alpha, resamples, seed), "fallbacks": fallbacks[arm]}
                for arm, rows in arms.items()}
     judged = {arm: _with_feedback(rows) for arm, rows in arms.items()}
-    test = unpaired_test(*(judged[a] for a in ("champion", "challenger")), labels, alpha, resamples, seed)
+    test = unpaired_test(*(judged[a] for a in (CHAMPION, CHALLENGER)), labels, alpha, resamples, seed)
     return {"arms": summary, "test": test}
 
 
@@ -235,8 +236,8 @@ def _shadow_section(frame: pd.DataFrame, labels: list[str], alpha: float, resamp
     shadow = frame[frame["route"] == "shadow"]
     if shadow.empty:
         return None
-    served = frame[(frame["route"] == "champion") & frame["request_id"].isin(set(shadow["request_id"]))]
-    summary = {"champion": arm_summary(served, labels, alpha, resamples, seed),
+    served = frame[(frame["route"] == CHAMPION) & frame["request_id"].isin(set(shadow["request_id"]))]
+    summary = {CHAMPION: arm_summary(served, labels, alpha, resamples, seed),
                "shadow": arm_summary(shadow, labels, alpha, resamples, seed)}
     pairs = _with_feedback(served)[["request_id", "prediction", "feedback"]].merge(
         shadow[["request_id", "prediction"]], on="request_id", suffixes=("_champion", "_shadow"))

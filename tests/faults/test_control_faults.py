@@ -21,7 +21,7 @@ from test_serving import make_export
 
 from ftops import monitor, procs, registry, services
 from ftops.config import Config, load_config
-from ftops.serve.server import free_port
+from ftops.serve.triton.server import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -142,7 +142,7 @@ def test_a_drift_store_that_fails_sends_no_event_and_the_next_check_alerts_once(
 @pytest.fixture(scope="module")
 def registry_stack(tmp_path_factory):
     """A real MLflow tracking server (the team's shape: clients over HTTP) and Triton."""
-    from ftops.serve import server
+    from ftops.serve.triton import server
 
     root = tmp_path_factory.mktemp("registry")
     port = free_port()
@@ -192,8 +192,9 @@ def test_mlflow_down_during_a_deploy_leaves_the_champion_serving_and_reconcile_a
     from mlflow import MlflowClient
 
     from ftops.reconcile import reconcile
-    from ftops.serve import deploy, server
-    from ftops.serve.client import TritonClient
+    from ftops.serve import deploy
+    from ftops.serve.triton import server
+    from ftops.serve.triton.client import TritonClient
 
     config, folder, mlflow_server, exports = registry_stack
     v1 = register_version(config, traffic.reference)
@@ -240,8 +241,8 @@ def test_a_retraining_whose_feedback_has_one_row_of_a_class_completes(prefect, t
     from flows import lifecycle
 
     from ftops import data, predlog, train
-    from ftops.corpora import load_builtin
-    from ftops.serve import server
+    from ftops.data.corpora import load_builtin
+    from ftops.serve.triton import server
 
     _, _, _ = prefect
     settings = {

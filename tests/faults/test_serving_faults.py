@@ -23,9 +23,11 @@ from test_serving import make_export
 
 from ftops import export, monitor, predlog, services
 from ftops.config import Config, load_config
-from ftops.serve import deploy, gateway, repository, server
-from ftops.serve.client import TritonClient
-from ftops.serve.server import free_port
+from ftops.serve import deploy, gateway
+from ftops.serve.deployable import Deployable
+from ftops.serve.triton import models, repository, server
+from ftops.serve.triton.client import TritonClient
+from ftops.serve.triton.server import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -104,7 +106,7 @@ def routed_versions_whole(config: Config) -> None:
     with TritonClient.for_config(info.grpc_url, config) as client:
         for role, route in routes.items():
             assert client.ready(route.ensemble), f"{role} {route.ensemble} is not loaded"
-            assert not repository.version_problems(repo, repository.ModelNames.of(route.ensemble)), role
+            assert not repository.version_problems(repo, models.ModelNames.of(route.ensemble)), role
     assert {r.tag for r in routes.values()} <= set(repository.versions(repo, config.project.name))
 
 
@@ -154,7 +156,7 @@ def test_deploying_the_serving_tag_again_with_a_failing_gate_keeps_the_champion(
 def test_a_deploy_and_a_rollback_at_the_same_moment_run_one_after_the_other(stack):
     config = stack.config
     assert deploy.deploy(config, stack.exports[1], TEXTS * 2).outcome == "promoted"
-    e0, e1, e2 = (deploy.tag_for(repository.Deployable.from_export(e), None) for e in stack.exports)
+    e0, e1, e2 = (deploy.tag_for(Deployable.from_export(e), None) for e in stack.exports)
     errors: list[BaseException] = []
 
     def run(call):

@@ -1,0 +1,228 @@
+"""The models of a deployed version: their names, their config.pbtxt and the files beside them.
+
+Naming: every deployed version gets its own model names (`<project>-v3`,
+`<project>-v3-tokenizer`, `<project>-v3-classifier`), each with version directory `1`.
+Triton's config.pbtxt is per model, not per version, so one ensemble cannot pin two
+versions of its steps at once; separate names let the new version load beside the
+champion under explicit model control, and rollback is a re-route, not a reload.
+
+A version is an ensemble `tokenizer -> classifier (-> postprocess)` with TEXT in and
+LABEL / PROBS out. The classifier's config comes from a backend registry keyed by
+`serving.runtime` (same shape for each): `python_onnxruntime` (python backend running
+onnxruntime; CPU hosts) and `onnxruntime_onnx` (Triton's own backend; GPU hosts and the
+official containers).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ftops.config import ServingSection
+from ftops.names import LABELS_FILE, ONNX_FILE, TOKENIZER_FILE
+from ftops.serve.deployable import Deployable
+from ftops.serve.runtime import ServingError
+
+TEMPLATES = Path(__file__).resolve().parents[3] / "deploy" / "triton"
+
+
+@dataclass
+class ModelNames:
+    ensemble: str
+    tokenizer: str
+    classifier: str
+    postprocess: str
+
+    @classmethod
+    def for_tag(cls, project: str, tag: str) -> ModelNames:
+        return cls.of(f"{project}-{tag}")
+
+    @classmethod
+    def of(cls, ensemble: str) -> ModelNames:
+        return cls(ensemble, f"{ensemble}-tokenizer", f"{ensemble}-classifier", f"{ensemble}-postprocess")
+
+    def all(self) -> tuple[str, ...]:
+        return (self.ensemble, self.tokenizer, self.classifier, self.postprocess)
+
+    def unload_order(self) -> tuple[str, ...]:
+        """The ensemble before the steps it uses."""
+        return (self.ensemble, self.classifier, self.tokenizer, self.postprocess)
+
+
+def default_instances(cfg: ServingSection) -> tuple[int, int]:
+    """(instances, threads) with instances x threads <= cores: more oversubscribes the CPU
+    and is slower."""
+    threads = cfg.threads or 1
+    instances = cfg.instances or max(1, (os.cpu_count() or 1) // threads)
+    return instances, threads
+
+
+def _params(values: dict[str, object]) -> str:
+    return "\n".join(f'parameters {{ key: "{k}" value: {{ string_value: "{v}" }} }}' for k, v in values.items())
+
+
+def _batching(cfg: ServingSection) -> str:
+    if not cfg.batching:
+        return ""
+    return f"dynamic_batching {{ max_queue_delay_microseconds: {cfg.max_queue_delay_us} }}"
+
+
+def tokenizer_config(name: str, cfg: ServingSection, model: Deployable) -> str:
+    return f"""name: "{name}"
+backend: "python"
+max_batch_size: {cfg.max_batch_size}
+input [ {{ name: "TEXT" data_type: TYPE_STRING dims: [ 1 ] }} ]
+output [
+  {{ name: "input_ids" data_type: TYPE_INT64 dims: [ -1 ] }},
+  {{ name: "attention_mask" data_type: TYPE_INT64 dims: [ -1 ] }},
+  {{ name: "token_type_ids" data_type: TYPE_INT64 dims: [ -1 ] }}
+]
+instance_group [ {{ count: 1 kind: KIND_CPU }} ]
+{_params({"max_length": model.max_length, "max_text_bytes": cfg.max_text_bytes, "pad_id": model.pad_id})}
+"""
+
+
+class PythonOnnxRuntime:
+    """Python backend running onnxruntime: the classifier emits PROBS and LABEL itself."""
+
+    name = "python_onnxruntime"
+    steps = ("tokenizer", "classifier")
+
+    def classifier_config(self, name: str, cfg: ServingSection, model: Deployable) -> str:
+        instances, threads = default_instances(cfg)
+        ragged = " allow_ragged_batch: true" if cfg.batching else ""
+        bucket = cfg.bucket_size if model.batch_invariant else 1
+        return f"""name: "{name}"
+backend: "python"
+max_batch_size: {cfg.max_batch_size}
+input [
+  {{ name: "input_ids" data_type: TYPE_INT64 dims: [ -1 ]{ragged} }},
+  {{ name: "attention_mask" data_type: TYPE_INT64 dims: [ -1 ]{ragged} }},
+  {{ name: "token_type_ids" data_type: TYPE_INT64 dims: [ -1 ]{ragged} }}
+]
+output [
+  {{ name: "PROBS" data_type: TYPE_FP32 dims: [ {len(model.labels)} ] }},
+  {{ name: "LABEL" data_type: TYPE_STRING dims: [ 1 ] }}
+]
+instance_group [ {{ count: {instances} kind: KIND_CPU }} ]
+{_batching(cfg)}
+{_params({"threads": threads, "bucket_size": bucket, "variant": model.variant})}
+"""
+
+    def files(self) -> dict[str, Path]:
+        return {"classifier": TEMPLATES / "classifier" / "model.py"}
+
+
+class OnnxRuntimeBackend:
+    """Triton's onnxruntime backend (GPU hosts, official containers): raw logits, then a
+    python postprocess step adds PROBS and LABEL. Not available in the nvidia-pytriton
+    binary used on CPU hosts here."""
+
+    name = "onnxruntime_onnx"
+    steps = ("tokenizer", "classifier", "postprocess")
+
+    def classifier_config(self, name: str, cfg: ServingSection, model: Deployable) -> str:
+        instances, _ = default_instances(cfg)
+        if not model.batch_invariant:
+            raise ServingError(f"Variant {model.variant} is not batch-invariant; Triton's onnxruntime "
+                               "backend batches across requests. Deploy a batch-invariant variant (fp32).")
+        return f"""name: "{name}"
+platform: "onnxruntime_onnx"
+max_batch_size: {cfg.max_batch_size}
+input [
+  {{ name: "input_ids" data_type: TYPE_INT64 dims: [ -1 ] }},
+  {{ name: "attention_mask" data_type: TYPE_INT64 dims: [ -1 ] }},
+  {{ name: "token_type_ids" data_type: TYPE_INT64 dims: [ -1 ] }}
+]
+output [ {{ name: "logits" data_type: TYPE_FP32 dims: [ {len(model.labels)} ] }} ]
+instance_group [ {{ count: {instances} kind: KIND_GPU }} ]
+{_batching(cfg)}
+"""
+
+    def postprocess_config(self, name: str, cfg: ServingSection, model: Deployable) -> str:
+        return f"""name: "{name}"
+backend: "python"
+max_batch_size: {cfg.max_batch_size}
+input [ {{ name: "logits" data_type: TYPE_FP32 dims: [ {len(model.labels)} ] }} ]
+output [
+  {{ name: "PROBS" data_type: TYPE_FP32 dims: [ {len(model.labels)} ] }},
+  {{ name: "LABEL" data_type: TYPE_STRING dims: [ 1 ] }}
+]
+instance_group [ {{ count: 1 kind: KIND_CPU }} ]
+"""
+
+    def files(self) -> dict[str, Path]:
+        return {"postprocess": TEMPLATES / "postprocess" / "model.py"}
+
+
+BACKENDS = {b.name: b for b in (PythonOnnxRuntime(), OnnxRuntimeBackend())}  # by serving.runtime
+
+
+def ensemble_config(names: ModelNames, cfg: ServingSection, model: Deployable, backend) -> str:
+    k = len(model.labels)
+    tokens = """      input_map { key: "TEXT" value: "TEXT" }
+      output_map { key: "input_ids" value: "ids" }
+      output_map { key: "attention_mask" value: "mask" }
+      output_map { key: "token_type_ids" value: "types" }"""
+    feed = """      input_map { key: "input_ids" value: "ids" }
+      input_map { key: "attention_mask" value: "mask" }
+      input_map { key: "token_type_ids" value: "types" }"""
+    if "postprocess" in backend.steps:
+        steps = f"""    {{ model_name: "{names.tokenizer}" model_version: -1
+{tokens}
+    }},
+    {{ model_name: "{names.classifier}" model_version: -1
+{feed}
+      output_map {{ key: "logits" value: "logits" }}
+    }},
+    {{ model_name: "{names.postprocess}" model_version: -1
+      input_map {{ key: "logits" value: "logits" }}
+      output_map {{ key: "PROBS" value: "PROBS" }}
+      output_map {{ key: "LABEL" value: "LABEL" }}
+    }}"""
+    else:
+        steps = f"""    {{ model_name: "{names.tokenizer}" model_version: -1
+{tokens}
+    }},
+    {{ model_name: "{names.classifier}" model_version: -1
+{feed}
+      output_map {{ key: "PROBS" value: "PROBS" }}
+      output_map {{ key: "LABEL" value: "LABEL" }}
+    }}"""
+    return f"""name: "{names.ensemble}"
+platform: "ensemble"
+max_batch_size: {cfg.max_batch_size}
+input [ {{ name: "TEXT" data_type: TYPE_STRING dims: [ 1 ] }} ]
+output [
+  {{ name: "LABEL" data_type: TYPE_STRING dims: [ 1 ] }},
+  {{ name: "PROBS" data_type: TYPE_FP32 dims: [ {k} ] }}
+]
+ensemble_scheduling {{
+  step [
+{steps}
+  ]
+}}
+"""
+
+
+def version_files(names: ModelNames, model: Deployable, cfg: ServingSection, backend) -> dict[str, dict]:
+    """Each model folder of a version and its files: bytes to write, or (export file, its
+    verified sha256) to copy."""
+    labels = json.dumps(model.labels).encode()
+    models = {
+        names.tokenizer: {"config.pbtxt": tokenizer_config(names.tokenizer, cfg, model).encode(),
+                          "1/model.py": (TEMPLATES / "tokenizer" / "model.py").read_bytes(),
+                          f"1/{TOKENIZER_FILE}": (model.tokenizer_json, model.tokenizer_sha256)},
+        names.classifier: {"config.pbtxt": backend.classifier_config(names.classifier, cfg, model).encode(),
+                           f"1/{ONNX_FILE}": (model.onnx, model.onnx_sha256), f"1/{LABELS_FILE}": labels},
+    }
+    if "classifier" in backend.files():
+        models[names.classifier]["1/model.py"] = backend.files()["classifier"].read_bytes()
+    if "postprocess" in backend.steps:
+        models[names.postprocess] = {
+            "config.pbtxt": backend.postprocess_config(names.postprocess, cfg, model).encode(),
+            "1/model.py": backend.files()["postprocess"].read_bytes(), f"1/{LABELS_FILE}": labels}
+    models[names.ensemble] = {"config.pbtxt": ensemble_config(names, cfg, model, backend).encode()}
+    return models
