@@ -71,7 +71,11 @@ def status(folder: Path, name: str) -> Running | None:
     path = _state(folder, name)
     if not path.is_file():
         return None
-    running = Running(**json.loads(path.read_text()))
+    try:
+        running = Running(**json.loads(path.read_text()))
+    except (ValueError, TypeError):  # torn, or written by an older release: not a process we can vouch for
+        path.unlink(missing_ok=True)
+        return None
     if not alive(running.pid, running.marker):
         path.unlink(missing_ok=True)
         return None
@@ -139,9 +143,26 @@ def stop(folder: Path, name: str, grace_s: float = 15.0) -> bool:
     running = status(folder, name)
     if running is None:
         return False
-    terminate(running.pid, lambda pid: alive(pid, running.marker), grace_s)
+    terminate(running.pid, still_running(running.pid), grace_s)
     _state(folder, name).unlink(missing_ok=True)
     return True
+
+
+def still_running(pid: int) -> Callable[[int], bool]:
+    """Whether the process checked as ours is there yet: the same start time, not a zombie.
+    Not the marker again: a process's command line empties while it exits."""
+    try:
+        started = psutil.Process(pid).create_time()
+    except psutil.Error:
+        return lambda _: False
+
+    def check(_: int) -> bool:
+        try:
+            proc = psutil.Process(pid)
+            return proc.create_time() == started and proc.status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return False
+    return check
 
 
 def terminate(pid: int, alive: Callable[[int], bool], grace_s: float) -> None:

@@ -24,6 +24,7 @@ from ftops.config import Config
 from ftops.lock import LockTimeout, promotion_lock
 from ftops.reconcile import reconcile
 from ftops.serve import deploy, loadtest
+from ftops.serve.deploy import gates as deploy_gates
 from ftops.serve.triton import repository, server
 from ftops.serve.triton.client import TritonClient
 from ftops.serve.triton.models import ModelNames
@@ -167,7 +168,7 @@ def test_an_exception_in_the_smoke_test_leaves_nothing_of_the_new_version(stack,
     def broken(*args, **kwargs):
         raise RuntimeError("injected: the smoke test crashed")
 
-    monkeypatch.setattr(deploy, "smoke", broken)
+    monkeypatch.setattr(deploy_gates, "smoke", broken)
     with pytest.raises(RuntimeError, match="injected"):
         deploy.deploy(config, stack.exports[2], GATE_TEXTS, version="3")
     nothing_left_of(stack, "v3")
@@ -252,7 +253,7 @@ def test_staging_cannot_touch_the_champion_and_a_failed_stage_leaves_nothing(sta
     with pytest.raises(ServingError, match="v3 is the champion; it cannot be its own challenger"):
         deploy.stage(config, stack.exports[2], GATE_TEXTS, version="3")
     with monkeypatch.context() as patched:
-        patched.setattr(deploy, "smoke", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("injected")))
+        patched.setattr(deploy_gates, "smoke", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("injected")))
         with pytest.raises(RuntimeError, match="injected"):
             deploy.stage(config, stack.exports[3], GATE_TEXTS, version="4")
     nothing_left_of(stack, "v4")

@@ -110,7 +110,7 @@ def history(config: Config) -> list[Experiment]:
 def tag_version(config: Config, experiment: Experiment, text: str) -> list[str]:
     """The experiment on its registry version; MLflow down costs the tag (logged), never the step."""
     try:
-        registry.client(config).set_model_versiontag_version(registry.model_name(config), experiment.version,
+        registry.client(config).set_model_version_tag(registry.model_name(config), experiment.version,
                                                       TAG_EXPERIMENT, f"{experiment.id} {text}"[:5000])
     except Exception as exc:  # noqa: BLE001 - bookkeeping: the experiment itself is the record file
         message = f"the registry tag {TAG_EXPERIMENT} of v{experiment.version} was not written ({exc})"
