@@ -46,7 +46,7 @@ def resolve(config: Config, ref: str) -> ModelRef:
 
 
 def load(ref: ModelRef):
-    from ftops.train import load_trained
+    from ftops.artifacts.candidate import load_trained
 
     model, tokenizer, labels = load_trained(ref.folder)
     model = strategies.holding(model).merge(model)  # faster inference; same function

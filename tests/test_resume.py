@@ -204,14 +204,14 @@ def test_a_retried_flow_run_resumes_its_round(tiny_model, airline_snapshot, tmp_
                 raise RuntimeError("injected: the worker died")
         return real(config, candidate, snapshot, out_dir, retrain, report)
 
-    monkeypatch.setattr(train, "train_candidate", dies_after_a_checkpoint)
+    monkeypatch.setattr(train.rounds, "train_candidate", dies_after_a_checkpoint)
     with pytest.raises(RuntimeError, match="injected"):
         lifecycle.train_candidates.fn(str(path), airline_snapshot.id)
     first = train.find_round(cfg, "3b1f6c2e-retry-me")
     assert first is not None
     folder = cfg.resolved().project.dir / "runs" / first
     assert not (folder / "quick").exists()
-    monkeypatch.setattr(train, "train_candidate", real)
+    monkeypatch.setattr(train.rounds, "train_candidate", real)
 
     out = lifecycle.train_candidates.fn(str(path), airline_snapshot.id)
     assert out["round_run_id"] == first and set(out["candidates"]) == {"full", "quick"}

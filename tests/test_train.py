@@ -83,9 +83,9 @@ def test_rehearsal_mix_hits_the_share():
 
 def test_precision_auto_follows_the_hardware(monkeypatch):
     candidate = CandidateSection(name="c")
-    monkeypatch.setattr(train, "cpu_flags", lambda: {"avx2", "avx512_bf16"})
+    monkeypatch.setattr(train.trainer, "cpu_flags", lambda: {"avx2", "avx512_bf16"})
     assert train.precision(candidate) == ("bf16" if not torch.cuda.is_available() else train.precision(candidate))
-    monkeypatch.setattr(train, "cpu_flags", lambda: {"avx2"})
+    monkeypatch.setattr(train.trainer, "cpu_flags", lambda: {"avx2"})
     if not torch.cuda.is_available():
         assert train.precision(candidate) == "fp32"
     assert train.precision(candidate.model_copy(update={"precision": "fp32"})) == "fp32"
