@@ -275,6 +275,8 @@ def test_selection_takes_the_fastest_batch_invariant_variant_within_the_f1_loss(
     assert selected == "optimized"
     assert "int8_dynamic" in why  # the faster unbatched_only variant is named, not chosen
     assert select({"x": report("x", results.FAIL, 1.0)}, gates)[0] is None
+    selected, why = select(reports, GatesSection(unbatched_ok=True))
+    assert selected == "int8_dynamic" and "served one text per call" in why
 
 
 # ---------------------------------------------------------------- the real model

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from ftops import models, train
+from ftops import models, strategies, train
 from ftops.config import Config
 
 pytestmark = pytest.mark.slow
@@ -20,8 +20,7 @@ def pretrained():
 
 def trained_state(result):
     model, _, _ = train.load_trained(result.out_dir)
-    if hasattr(model, "merge_and_unload"):
-        model = model.merge_and_unload()
+    model = strategies.holding(model).merge(model)
     return {n: p.detach() for n, p in model.named_parameters()}
 
 

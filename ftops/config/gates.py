@@ -29,6 +29,9 @@ class GatesSection(Section):
         "labels of each text alone vs inside one mixed-length batch; below it = unbatched_only"))
     batch_prob_atol: float = Field(1e-3, gt=0, description=(
         "largest probability change of a text alone vs inside a batch; above it = unbatched_only"))
+    unbatched_ok: bool = Field(False, description=(
+        "let export select a variant whose answers change with the batch (dynamic int8): it is then served "
+        "one text per call, for the best batch-1 latency at less throughput under concurrency"))
     promotion: Literal["direct", "online_ab", "shadow"] = Field("direct", description=(
         "after the offline A/B: direct (deploy behind the serving gates), online_ab (stage it for a "
         "live A/B split, `ftops ab decide` promotes) or shadow (stage it for a shadow copy of traffic)"))
