@@ -7,7 +7,8 @@ import os
 
 import pytest
 
-from ftops import distributed, train
+from ftops import train
+from ftops.train import distributed
 from ftops.config import Config
 from ftops.errors import ConfigError
 

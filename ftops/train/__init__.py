@@ -17,8 +17,8 @@ from ftops.train.candidate import (checkpoints, drop_partial_checkpoints, initia
 from ftops.train.checks import check_candidates, select_candidates
 from ftops.train.dataset import Encoded, rehearsal_mix
 from ftops.train.losses import Ewc, class_weights, distillation_loss
-from ftops.train.results import RESULT_FILE, RetrainSources, TrainResult
-from ftops.train.rounds import (TAG_FLOW_RUN, ResumeError, RoundResult, find_round, load_result, saved_round,
+from ftops.train.results import RESULT_FILE, RetrainSources, TrainResult, load_result
+from ftops.train.rounds import (TAG_FLOW_RUN, ResumeError, RoundResult, find_round, saved_round,
                                train_round)
 from ftops.train.trainer import FtopsTrainer, cpu_flags, precision
 

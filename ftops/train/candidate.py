@@ -18,6 +18,7 @@ from ftops.artifacts.candidate import load_trained, save_trained
 from ftops.config import CandidateSection, Config
 from ftops.errors import ConfigError
 from ftops.names import MODEL_DIR
+from ftops.train import distributed
 from ftops.train.checks import check_candidates
 from ftops.train.dataset import Encoded, rehearsal_mix
 from ftops.train.extras import attach_extras, describe_extras, target_texts, task_vocab, with_target_rows
@@ -76,7 +77,6 @@ def train_candidate(config: Config, candidate: CandidateSection, snapshot, out_d
     evaluate_test=False never reads the test split (hyperparameter search must not see it):
     the result has no test metrics, the folder no test logits or confusion matrix.
     `callbacks` are extra TrainerCallbacks (e.g. a pruner), in this process only."""
-    from ftops import distributed
 
     if not distributed.is_worker():
         drop_partial_checkpoints(out_dir)

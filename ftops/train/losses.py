@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from ftops.config import DistillationSection
+from ftops.train import distributed
 
 
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor,
@@ -85,7 +86,6 @@ def log_class_weights(labels: list[str], weights: torch.Tensor) -> None:
     """The weights themselves as the param `class_weights` of the active run (rank 0)."""
     import mlflow
 
-    from ftops import distributed
 
     if mlflow.active_run() is not None and distributed.rank() == 0:
         mlflow.log_param("class_weights", json.dumps({l: round(float(w), 4) for l, w in zip(labels, weights)}))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,3 +45,9 @@ class RetrainSources:
     teacher_dir: Path | None = None     # a trained candidate folder (the champion)
     old_train: pd.DataFrame | None = None  # the champion's training rows
     target_texts: list[str] | None = None  # unlabelled target-domain texts (else adaptation.target)
+
+
+def load_result(out_dir: Path) -> TrainResult:
+    """The TrainResult a finished candidate folder holds (written by rank 0 under DDP)."""
+    raw = json.loads((Path(out_dir) / RESULT_FILE).read_text())
+    return TrainResult(**{**raw, "out_dir": Path(raw["out_dir"])})

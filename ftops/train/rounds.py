@@ -16,7 +16,7 @@ from ftops.names import MODEL_DIR
 from ftops.train.baseline import BaselineResult, fit_baseline
 from ftops.train.candidate import resume_point, train_candidate
 from ftops.train.checks import check_candidates
-from ftops.train.results import RESULT_FILE, RetrainSources, TrainResult
+from ftops.train.results import RESULT_FILE, RetrainSources, TrainResult, load_result
 
 
 @dataclass
@@ -329,12 +329,6 @@ def round_candidate(config: Config, candidate: CandidateSection, snapshot, out_d
             result = train_candidate(config, candidate, snapshot, out_dir, retrain, report)
         log_result(result, baseline)
     return result, run.info.run_id
-
-
-def load_result(out_dir: Path) -> TrainResult:
-    """The TrainResult a finished candidate folder holds (written by rank 0 under DDP)."""
-    raw = json.loads((Path(out_dir) / RESULT_FILE).read_text())
-    return TrainResult(**{**raw, "out_dir": Path(raw["out_dir"])})
 
 
 def sklearn_version() -> str:

@@ -16,6 +16,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from ftops import adapt
 from ftops.config import CandidateSection
 from ftops.errors import ConfigError
+from ftops.train import distributed
 from ftops.train.dataset import DOMAIN_KEY, TASK_PREFIX
 from ftops.train.extras import Extras
 from ftops.train.losses import Ewc, distillation_loss
@@ -107,7 +108,6 @@ def per_device_batch(candidate: CandidateSection, world_size: int) -> int:
 
 
 def training_arguments(candidate: CandidateSection, out_dir: Path, n_train: int) -> TrainingArguments:
-    from ftops import distributed
 
     steps_per_epoch = math.ceil(n_train / (candidate.batch_size * candidate.gradient_accumulation))
     total_steps = candidate.max_steps or math.ceil(steps_per_epoch * candidate.epochs)

@@ -4,7 +4,8 @@ accelerate) wraps the model in DistributedDataParallel (gloo on CPU, nccl on GPU
 
 The results contract is the one-process one: the calling process owns the MLflow run and
 gets the same TrainResult back; rank 0 alone logs to that run and writes the candidate
-folder (model, result.json, plots); checkpoints resume the same way.
+folder (model, result.json, plots); checkpoints resume the same way. Each worker runs
+ftops.train.worker.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 
 from ftops import security
 from ftops.errors import FtopsError
+from ftops.train.results import load_result
 
 JOB_FILE = "ddp-job.json"
 OLD_TRAIN_FILE = "ddp-old-train.parquet"
@@ -67,8 +69,6 @@ def launch(config, candidate, snapshot, out_dir: Path, retrain,
     """Run one candidate under torchrun and return rank 0's TrainResult."""
     import mlflow
 
-    from ftops import train
-
     nproc = nproc_limit(config.training.nproc)
     out_dir.mkdir(parents=True, exist_ok=True)
     sealed, secrets = security.seal(config)  # the job file holds no password; the environment does
@@ -87,13 +87,13 @@ def launch(config, candidate, snapshot, out_dir: Path, retrain,
         job["old_train"] = str(out_dir / OLD_TRAIN_FILE)
     (out_dir / JOB_FILE).write_text(json.dumps(job, indent=2))
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc-per-node={nproc}", "-m", "ftops.distributed", str(out_dir / JOB_FILE)]
+               f"--nproc-per-node={nproc}", "-m", "ftops.train.worker", str(out_dir / JOB_FILE)]
     env = {**os.environ, **secrets, "FTOPS_DDP_BACKEND": backend(config.training.backend),
            "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri()}
     # torchrun would default every process to 1 thread; give each its share of the cores.
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     run(command, env, out_dir / "ddp.log", progress)
-    return train.load_result(out_dir)
+    return load_result(out_dir)
 
 
 def run(command: list[str], env: dict[str, str], log: Path,
@@ -125,33 +125,3 @@ def run(command: list[str], env: dict[str, str], log: Path,
 def report_progress(step: int, total: int, metrics: dict) -> None:
     numbers = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
     print(PROGRESS_PREFIX + json.dumps({"step": step, "total": total, "metrics": numbers}), flush=True)
-
-
-def main(job_file: str) -> None:
-    """One torchrun worker: rebuild the job and train; rank 0 logs into the caller's run."""
-    import contextlib
-
-    import mlflow
-    import pandas as pd
-
-    from ftops import data, train
-    from ftops.config import CandidateSection
-
-    job = json.loads(Path(job_file).read_text())
-    config = security.unseal(json.dumps(job["config"]))
-    candidate = CandidateSection.model_validate(job["candidate"])
-    snapshot = data.load_snapshot(Path(job["snapshot_root"]), job["snapshot"])
-    retrain = train.RetrainSources(
-        teacher_dir=Path(job["teacher_dir"]) if job["teacher_dir"] else None,
-        old_train=pd.read_parquet(job["old_train"]) if job["old_train"] else None)
-    tracked = contextlib.nullcontext()
-    if rank() == 0 and job["mlflow_run_id"]:
-        mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI") or job["tracking_uri"])
-        tracked = mlflow.start_run(run_id=job["mlflow_run_id"])
-    with tracked:
-        train.train_candidate(config, candidate, snapshot, Path(job["out_dir"]), retrain,
-                              report_progress if rank() == 0 else None)
-
-
-if __name__ == "__main__":
-    main(sys.argv[1])
