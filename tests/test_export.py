@@ -257,6 +257,32 @@ def report(name: str, status: str, p50: float, delta_f1: float = 0.0) -> results
                                 figures={"p50_ms": p50, "delta_macro_f1": delta_f1})
 
 
+def test_the_f1_rule_is_paired_non_inferiority_not_the_point_delta():
+    """Two int8-like variants on 3000 texts: one differs from PyTorch on 3 of them, the other
+    flips 15% of the labels both ways. The paired CI passes the first and fails the second,
+    as the A/B cost rule would judge them."""
+    rng = np.random.default_rng(0)
+    n, gates = 3000, GatesSection()
+    y = rng.integers(0, 3, n)
+    reference = np.where(rng.random(n) < 0.8, y, rng.integers(0, 3, n))
+    few = reference.copy()
+    few[:3] = (few[:3] + 1) % 3
+    noisy = np.where(rng.random(n) < 0.15, rng.integers(0, 3, n), reference)
+
+    def rule(pred):
+        figures = parity.f1_figures(y, reference, pred, 3, gates.alpha)
+        report = results.VariantReport("int8", results.FAIL, file="x", exact=False,
+                                       figures={**figures, "batch_label_agreement": 1.0, "batch_max_prob_diff": 0.0})
+        (f1_rule,) = [r for r in parity.parity_rules(report, gates) if r.setting == "max_f1_loss"]
+        return figures, f1_rule
+
+    figures, f1_rule = rule(few)
+    assert figures["delta_macro_f1_ci_low"] <= figures["delta_macro_f1"] <= figures["delta_macro_f1_ci_high"]
+    assert f1_rule.passed and f1_rule.name == "delta_macro_f1_ci_low"
+    figures, f1_rule = rule(noisy)
+    assert not f1_rule.passed and figures["delta_macro_f1_ci_low"] < -gates.max_f1_loss
+
+
 def test_failing_only_batch_invariance_means_unbatched_only():
     rules = [results.Rule("agreement", 0.99, 0.98, True, "parity_min_agreement"),
              results.Rule("batch_label_agreement", 0.97, 1.0, False, "batch_label_agreement", batch=True)]

@@ -12,10 +12,13 @@ from pathlib import Path
 import numpy as np
 
 from ftops.config import GatesSection
+from ftops.evaluate.stats import paired_bootstrap
 from ftops.export.results import ERROR, FAIL, PASS, UNBATCHED, ExportError, Rule, VariantReport
 from ftops.export.runtime import BATCH_SIZE, encode_batch, load_tokenizer_json, ort_runner, speed_feeds
 
 INVARIANCE_TEXTS = 64  # texts run alone and inside one mixed-length batch
+
+BOOTSTRAP_RESAMPLES = 2000  # as many as the offline A/B gate draws by default
 
 
 @dataclass
@@ -88,19 +91,26 @@ def gate_variant(report: VariantReport, path: Path, ref: Reference, gates: Gates
     except Exception as exc:  # a file onnxruntime cannot load or run is a failed variant
         report.status, report.reason = ERROR, f"onnxruntime could not run it: {type(exc).__name__}: {exc}"[:500]
         return report
-    n_labels = ref.logits.shape[1]
-    variant_f1 = macro_f1(ref.y_true, logits.argmax(-1), n_labels)
     report.figures.update({
         "max_abs_diff": float(np.abs(logits - ref.logits).max()),
-        "agreement": float((logits.argmax(-1) == ref.logits.argmax(-1)).mean()),
-        "macro_f1": variant_f1,
-        "delta_macro_f1": variant_f1 - ref.macro_f1,
+        **f1_figures(ref.y_true, ref.logits.argmax(-1), logits.argmax(-1), ref.logits.shape[1], gates.alpha),
         "batch_label_agreement": float((alone.argmax(-1) == together.argmax(-1)).mean()),
         "batch_max_prob_diff": float(np.abs(softmax(alone) - softmax(together)).max()),
     })
     report.rules = parity_rules(report, gates)
     report.status, report.reason = verdict(report.rules)
     return report
+
+
+def f1_figures(y_true: np.ndarray, reference: np.ndarray, variant: np.ndarray, n_labels: int,
+               alpha: float) -> dict[str, float]:
+    """Label agreement and the variant's macro-F1 change vs PyTorch with its paired bootstrap
+    CI: the same rows resampled for both, so the few texts where they differ decide it."""
+    variant_f1 = macro_f1(y_true, variant, n_labels)
+    paired = paired_bootstrap(y_true, reference, variant, "macro_f1", resamples=BOOTSTRAP_RESAMPLES, alpha=alpha)
+    return {"agreement": float((variant == reference).mean()), "macro_f1": variant_f1,
+            "delta_macro_f1": variant_f1 - macro_f1(y_true, reference, n_labels),
+            "delta_macro_f1_ci_low": paired.ci_low, "delta_macro_f1_ci_high": paired.ci_high}
 
 
 def parity_rules(report: VariantReport, gates: GatesSection) -> list[Rule]:
@@ -111,8 +121,10 @@ def parity_rules(report: VariantReport, gates: GatesSection) -> list[Rule]:
     else:
         rules = [Rule("agreement", f["agreement"], gates.parity_min_agreement,
                       f["agreement"] >= gates.parity_min_agreement, "parity_min_agreement"),
-                 Rule("delta_macro_f1", f["delta_macro_f1"], -gates.max_f1_loss,
-                      f["delta_macro_f1"] >= -gates.max_f1_loss, "max_f1_loss")]
+                 # non-inferiority, as the A/B gate's cost rule judges a cheaper challenger: the
+                 # paired CI's lower end, not the point delta a few hundred texts cannot resolve
+                 Rule("delta_macro_f1_ci_low", f["delta_macro_f1_ci_low"], -gates.max_f1_loss,
+                      f["delta_macro_f1_ci_low"] >= -gates.max_f1_loss, "max_f1_loss")]
     return rules + [
         Rule("batch_label_agreement", f["batch_label_agreement"], gates.batch_label_agreement,
              f["batch_label_agreement"] >= gates.batch_label_agreement, "batch_label_agreement", batch=True),

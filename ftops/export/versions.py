@@ -8,6 +8,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pandas as pd
+
 from ftops.export.results import ExportError, ExportResult
 from ftops.export.stage import export_model
 from ftops.names import META_FILE, MODEL_DIR
@@ -28,7 +30,10 @@ def export_ref(config, ref, snapshot, out_dir: Path | None = None,
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     name = f"v{ref.version}" if ref.version else Path(ref.folder).name
     target = out_dir or config.resolved().project.dir / "exports" / f"{name}-{stamp}"
-    train_texts, test = snapshot.split("train")["text"], snapshot.split("test")
+    # Parity runs on every held-out labelled row (validation + test): the variant is judged
+    # against its own PyTorch model on the same rows, so more rows only tighten the paired CI.
+    train_texts = snapshot.split("train")["text"]
+    test = pd.concat([snapshot.split("validation"), snapshot.split("test")], ignore_index=True)
     label2id = {label: i for i, label in enumerate(labels)}
     result_file = Path(ref.folder) / "result.json"
     metrics = {}
