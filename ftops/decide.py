@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from ftops import evaluate, registry, strategies
+from ftops.artifacts.batches import batched_forward
 from ftops.config import Config
 from ftops.errors import FtopsError
 
@@ -58,15 +59,14 @@ def predict(model, tokenizer, labels: list[str], frame: pd.DataFrame, max_length
     """Softmax probabilities in fp32, batches sorted by length (less padding, same result)."""
     import torch
 
-    texts = list(frame["text"])
-    order = np.argsort([len(t) for t in texts], kind="stable")
-    probs = np.zeros((len(texts), len(labels)), dtype=np.float64)
+    def forward(chunk: list[str]) -> np.ndarray:
+        batch = tokenizer(chunk, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+        return torch.softmax(model(**batch).logits.float(), dim=-1).numpy()
+
     with torch.inference_mode():
-        for start in range(0, len(texts), batch_size):
-            idx = order[start:start + batch_size]
-            batch = tokenizer([texts[i] for i in idx], padding=True, truncation=True,
-                              max_length=max_length, return_tensors="pt")
-            probs[idx] = torch.softmax(model(**batch).logits.float(), dim=-1).numpy()
+        probs = batched_forward(list(frame["text"]), batch_size, forward, dtype=np.float64)
+    if len(frame) == 0:
+        probs = np.zeros((0, len(labels)), dtype=np.float64)
     label2id = {label: i for i, label in enumerate(labels)}
     y_true = frame["label"].map(label2id).to_numpy()
     return evaluate.Predictions(labels, y_true, probs, frame.reset_index(drop=True))

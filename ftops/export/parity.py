@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ftops.artifacts.batches import length_sorted
 from ftops.config import GatesSection
 from ftops.evaluate.stats import paired_bootstrap
 from ftops.export.results import ERROR, FAIL, PASS, UNBATCHED, ExportError, Rule, VariantReport
@@ -44,11 +45,11 @@ def make_reference(model, tokenizer, tokenizer_json: Path, texts: list[str], lab
     import torch
 
     tok = load_tokenizer_json(tokenizer_json)
-    order = np.argsort([len(t) for t in texts], kind="stable")
+    chunks = length_sorted(texts, BATCH_SIZE)
+    order = np.concatenate(chunks) if chunks else np.zeros(0, dtype=int)
     batches, logits = [], np.zeros((len(texts), n_labels), dtype=np.float32)
     with torch.inference_mode():
-        for start in range(0, len(texts), BATCH_SIZE):
-            idx = order[start:start + BATCH_SIZE]
+        for idx in chunks:
             chunk = [texts[i] for i in idx]
             feed = encode_batch(tok, chunk)
             check_tokenizer(tokenizer, chunk, feed, max_length, tokenizer_json)

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from ftops import atomic, names
+from ftops.artifacts.batches import batched_forward
 from ftops.config import Config
 from ftops.monitor.frames import predictions_frame, require_columns
 from ftops.monitor.results import (CONFIDENCE, EMBEDDING, LABEL, PREDICTION, REPORT_MODE, SEED, TEXT, Embedder,
@@ -40,20 +41,14 @@ def embedder(model, tokenizer, max_length: int, batch_size: int = 64) -> Embedde
     def embed(texts: list[str]) -> np.ndarray:
         import torch
 
-        order = np.argsort([len(t) for t in texts], kind="stable")
-        out: np.ndarray | None = None
+        def pooled(chunk: list[str]) -> np.ndarray:
+            batch = tokenizer(chunk, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+            hidden = model(**batch, output_hidden_states=True).hidden_states[-1].float()
+            mask = batch["attention_mask"].unsqueeze(-1).float()
+            return ((hidden * mask).sum(1) / mask.sum(1).clamp(min=1)).numpy()
+
         with torch.inference_mode():
-            for start in range(0, len(texts), batch_size):
-                idx = order[start:start + batch_size]
-                batch = tokenizer([texts[i] for i in idx], padding=True, truncation=True,
-                                  max_length=max_length, return_tensors="pt")
-                hidden = model(**batch, output_hidden_states=True).hidden_states[-1].float()
-                mask = batch["attention_mask"].unsqueeze(-1).float()
-                pooled = ((hidden * mask).sum(1) / mask.sum(1).clamp(min=1)).numpy()
-                if out is None:
-                    out = np.zeros((len(texts), pooled.shape[1]), dtype=np.float32)
-                out[idx] = pooled
-        return out if out is not None else np.zeros((0, 0), dtype=np.float32)
+            return batched_forward(texts, batch_size, pooled)
 
     return embed
 

@@ -20,7 +20,7 @@ crashed run is not (exit 1).
 
 from __future__ import annotations
 
-from ftops.run.follow import DRAIN_QUIET_S, FOLLOW_LIMIT_S, LOG_OVERLAP, PAGE, POLL_S, SETTLE, Follower, follow
+from ftops.run.following import DRAIN_QUIET_S, FOLLOW_LIMIT_S, LOG_OVERLAP, PAGE, POLL_S, SETTLE, Follower, follow
 from ftops.run.launch import (DEPLOYMENT, EPHEMERAL_START_S, Finished, Plan, config_path_of, exit_code, in_process,
                               links, outcome_line, plan, prefect_api, report, run, run_url, served_by_a_worker,
                               via_deployment)

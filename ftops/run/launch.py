@@ -14,7 +14,7 @@ from pathlib import Path
 from ftops import procs, services
 from ftops.config import DEFAULT_CONFIG, Config
 from ftops.errors import FtopsError
-from ftops.run.follow import follow
+from ftops.run.following import follow
 from ftops.run.summary import PROMOTED, UNCHANGED, load_summary, outcome, stage_rows, summary_file
 
 DEPLOYMENT = "lifecycle/lifecycle"
