@@ -64,9 +64,7 @@ def predict(model, tokenizer, labels: list[str], frame: pd.DataFrame, max_length
         return torch.softmax(model(**batch).logits.float(), dim=-1).numpy()
 
     with torch.inference_mode():
-        probs = batched_forward(list(frame["text"]), batch_size, forward, dtype=np.float64)
-    if len(frame) == 0:
-        probs = np.zeros((0, len(labels)), dtype=np.float64)
+        probs = batched_forward(list(frame["text"]), batch_size, forward, dtype=np.float64, columns=len(labels))
     label2id = {label: i for i, label in enumerate(labels)}
     y_true = frame["label"].map(label2id).to_numpy()
     return evaluate.Predictions(labels, y_true, probs, frame.reset_index(drop=True))

@@ -16,13 +16,14 @@ def length_sorted(texts: list[str], batch_size: int) -> list[np.ndarray]:
 
 
 def batched_forward(texts: list[str], batch_size: int, forward: Callable[[list[str]], np.ndarray],
-                    dtype=np.float32) -> np.ndarray:
+                    dtype=np.float32, columns: int = 0) -> np.ndarray:
     """`forward` (a batch of texts -> one row each) over `texts` in length-sorted batches;
-    the rows come back in the order of `texts`. (0, 0) when there are no texts."""
-    out: np.ndarray | None = None
+    the rows come back in the order of `texts`. `columns` is the row width when the caller
+    knows it (else the first batch's); with no texts the result is (0, columns)."""
+    out = np.zeros((len(texts), columns), dtype=dtype) if columns or not texts else None
     for idx in length_sorted(texts, batch_size):
         rows = np.asarray(forward([texts[i] for i in idx]))
         if out is None:
             out = np.zeros((len(texts), *rows.shape[1:]), dtype=dtype)
         out[idx] = rows
-    return out if out is not None else np.zeros((0, 0), dtype=dtype)
+    return out

@@ -24,7 +24,7 @@ class GatesSection(Section):
     parity_min_agreement: float = Field(0.98, gt=0, le=1, description=(
         "label agreement with PyTorch a quantised / reduced-precision export variant needs"))
     max_f1_loss: float = Field(0.005, ge=0, le=1, description=(
-        "macro-F1 an export variant may lose vs PyTorch on the test split (0.005 = 0.5 pt), judged on the "
+        "macro-F1 an export variant may lose vs PyTorch on the validation + test rows (0.005 = 0.5 pt), judged on the "
         "lower end of the paired bootstrap CI (level 1 - alpha), as the A/B gate judges a cheaper challenger"))
     batch_label_agreement: float = Field(1.0, gt=0, le=1, description=(
         "labels of each text alone vs inside one mixed-length batch; below it = unbatched_only"))

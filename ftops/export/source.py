@@ -13,8 +13,8 @@ from ftops.names import META_FILE, MODEL_DIR, OUTPUT_NAME
 
 
 def load_source(source_folder: Path):
-    """(model, tokenizer, labels) of a trained candidate folder, as trained, in eval mode;
-    prompt-tuning models are refused here, before anything is written."""
+    """(model, tokenizer, labels) of a trained candidate folder, as trained, in eval mode; a
+    model whose strategy is not `exportable` is refused here, before anything is written."""
     from ftops.artifacts.candidate import load_trained
 
     if not (source_folder / MODEL_DIR / META_FILE).is_file():

@@ -81,7 +81,7 @@ def check_request(names: list[str], parity_texts: list[str], parity_labels: Sequ
                           f"known: {', '.join(VARIANTS)}, and fp32 is always built (the others derive from it).")
     if len(parity_texts) != len(parity_labels) or not parity_texts:
         raise ExportError(f"The parity gate needs texts with their true label ids: got {len(parity_texts)} "
-                          f"texts and {len(parity_labels)} labels. Pass the held-out test split.")
+                          f"texts and {len(parity_labels)} labels. Pass held-out labelled rows (the validation and test splits).")
     if (out_dir / MANIFEST_FILE).exists():
         raise ExportError(f"{out_dir} already holds an export ({MANIFEST_FILE}). Choose a new folder "
                           "(exports are immutable once written) or delete that one first.")

@@ -69,8 +69,8 @@ def fuse(build: Build, target: Path) -> dict[str, int]:
 
 
 def build_int8_dynamic(build: Build, target: Path) -> list[str]:
-    """Weights int8 per channel, activations quantised at run time. On the un-fused graph:
-    quantize_dynamic fails on the fused one (shape inference cannot type the fused ops)."""
+    """Weights int8 per channel, activations quantised at run time, on the un-fused graph
+    (int8_fused is the same on the fused one)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     quantize_dynamic(str(build.fp32), str(target), per_channel=True, weight_type=QuantType.QInt8)
@@ -78,11 +78,12 @@ def build_int8_dynamic(build: Build, target: Path) -> list[str]:
 
 
 def build_int8_fused(build: Build, target: Path) -> list[str]:
-    """Dynamic int8 on the fused graph, so the fusions and int8 add up: attention and the
-    embedding LayerNorm stay fused ops while every weight MatMul becomes MatMulInteger (the
-    VNNI path). Shape inference cannot type the fused ops' outputs, which is what makes
-    quantize_dynamic fail on that graph; DefaultTensorType tells the quantiser they are
-    fp32 (they are: the fusions keep the precision)."""
+    """Dynamic int8 on the fused graph, so that the fusions and int8 can add up: attention and
+    the embedding LayerNorm stay fused ops while the weight MatMuls become MatMulInteger.
+    Whether that beats int8_dynamic depends on the CPU (bench/inference.py shows it side by
+    side); export times both and selects by measurement. Shape inference cannot type the
+    fused ops' outputs, which makes plain quantize_dynamic fail on that graph;
+    DefaultTensorType tells the quantiser they are fp32 (the fusions keep the precision)."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 

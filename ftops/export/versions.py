@@ -18,7 +18,7 @@ from ftops.names import META_FILE, MODEL_DIR
 def export_ref(config, ref, snapshot, out_dir: Path | None = None,
                progress: Callable[[str], None] | None = None) -> ExportResult:
     """Export a resolved model (ftops.decide.ModelRef) with the snapshot's texts:
-    calibration from its train split, the parity gate on its test split."""
+    calibration from its train split, the parity gate on its validation + test rows."""
     from ftops import registry
 
     labels = json.loads((ref.folder / MODEL_DIR / META_FILE).read_text())["labels"]
@@ -33,7 +33,7 @@ def export_ref(config, ref, snapshot, out_dir: Path | None = None,
     # Parity runs on every held-out labelled row (validation + test): the variant is judged
     # against its own PyTorch model on the same rows, so more rows only tighten the paired CI.
     train_texts = snapshot.split("train")["text"]
-    test = pd.concat([snapshot.split("validation"), snapshot.split("test")], ignore_index=True)
+    held_out = pd.concat([snapshot.split("validation"), snapshot.split("test")], ignore_index=True)
     label2id = {label: i for i, label in enumerate(labels)}
     result_file = Path(ref.folder) / "result.json"
     metrics = {}
@@ -45,7 +45,7 @@ def export_ref(config, ref, snapshot, out_dir: Path | None = None,
               "snapshot": snapshot.id, "data_sha256": manifest.get("sha256"), "metrics": metrics}
     calibration = list(train_texts.sample(n=min(200, len(train_texts)), random_state=config.data.seed))
     return export_model(ref.folder, target, calibration, config.model.max_length,
-                        parity_texts=list(test["text"]), parity_labels=[label2id[l] for l in test["label"]],
+                        parity_texts=list(held_out["text"]), parity_labels=[label2id[l] for l in held_out["label"]],
                         gates=config.gates, source=source, run_id=run_id, progress=progress)
 
 
