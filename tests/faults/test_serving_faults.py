@@ -234,8 +234,10 @@ def test_kill_9_triton_under_load(stack):
     rows = logged(config, out.ok_ids())
     assert len(rows) == len(out.ok_ids())
     assert recover is not None and recover < 60
-    restarts = {r.name: r for r in services.status(config)}["triton"].restarts
-    assert restarts >= 1
+    # the supervisor counts the restart once its start returns, which also restores the
+    # other routed models: on a slow machine that is after the champion answers again
+    wait_until(lambda: {r.name: r for r in services.status(config)}["triton"].restarts >= 1, 60,
+               "the supervisor recorded the restart")
     record("kill -9 Triton under load", out, lost=len(out.ok_ids()) - len(rows), recover_s=recover)
 
 

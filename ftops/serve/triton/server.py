@@ -19,6 +19,7 @@ import os
 import socket
 import time
 import urllib.request
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,10 +92,20 @@ def external(config: Config) -> ServerInfo | None:
                       config.serving.metrics_port, str(repository_dir(config)), log="")
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
+_HANDED_OUT: set[int] = set()
+
+
+def free_port(host: str = "127.0.0.1", avoid: Collection[int] = ()) -> int:
+    """A port free now, never one this process handed out before nor one in `avoid`: bind(0)
+    may return the same port twice once the first socket is closed (seen: Triton given one
+    port for gRPC and metrics refused to start)."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind((host, 0))
+            port = sock.getsockname()[1]
+        if port not in _HANDED_OUT and port not in avoid:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def port_free(host: str, port: int) -> bool:
@@ -126,6 +137,7 @@ def _ports(config: Config) -> list[int]:
     """http, grpc, metrics: the configured port, or for 0 the last run's while it is free
     (a restart keeps the gateway's and clients' URLs), else a free one."""
     cfg, last, ports = config.serving, last_ports(config), []
+    configured = [getattr(cfg, f"{key}_port") for key in PORT_KEYS]
     for key in PORT_KEYS:
         port = getattr(cfg, f"{key}_port")
         previous = last.get(key)
@@ -134,7 +146,7 @@ def _ports(config: Config) -> list[int]:
                 port = previous
             else:
                 logger.warning("Triton's last %s port %d is taken: listening on a new one", key, previous)
-        ports.append(port or free_port(cfg.host))
+        ports.append(port or free_port(cfg.host, avoid=[*ports, *configured]))
     return ports
 
 
