@@ -95,15 +95,18 @@ def test_the_repository_copy_is_recorded_and_checked(exports, tmp_path):
     record = json.loads((tmp_path / f"{names.classifier}.sha256.json").read_text())
     assert record["files"]["1/model.onnx"] == model.onnx_sha256
     assert repository.version_problems(tmp_path, names) == []
-    (tmp_path / names.tokenizer / "1" / "__pycache__").mkdir()
-    (tmp_path / names.tokenizer / "1" / "__pycache__" / "model.cpython-311.pyc").write_bytes(b"x")
+    (tmp_path / names.classifier / "1" / "__pycache__").mkdir()
+    (tmp_path / names.classifier / "1" / "__pycache__" / "model.cpython-311.pyc").write_bytes(b"x")
     assert repository.version_problems(tmp_path, names) == []  # the python backend's own cache
     (tmp_path / names.classifier / "2").mkdir()
     shutil.copy(tmp_path / names.classifier / "1" / "model.onnx", tmp_path / names.classifier / "2" / "model.onnx")
-    flip_byte(tmp_path / names.tokenizer / "config.pbtxt", offset=0)
+    flip_byte(tmp_path / names.classifier / "config.pbtxt", offset=0)
     problems = repository.version_problems(tmp_path, names)
-    assert len(problems) == 2 and problems[0].startswith(f"{names.tokenizer}/config.pbtxt has sha256 ")
-    assert problems[1] == f"{names.classifier}/2/model.onnx was not deployed"  # Triton would serve a "2"
+    assert len(problems) == 2
+    assert problems[0] == f"{names.classifier}/2/model.onnx was not deployed"  # Triton would serve a "2"
+    assert problems[1].startswith(f"{names.classifier}/config.pbtxt has sha256 ")
+    flip_byte(tmp_path / names.ensemble / "config.pbtxt", offset=0)  # the steps it names are not trusted
+    assert repository.version_problems(tmp_path, names)[0].startswith(f"{names.ensemble}/config.pbtxt has sha256 ")
 
 
 def test_a_copy_that_differs_from_the_manifest_is_removed(exports, tmp_path, monkeypatch):
@@ -170,7 +173,7 @@ def test_after_a_restart_a_damaged_copy_is_restored_from_its_export_or_refused(p
     routes = deploy.routing(cfg)
     repo = Path(server.status(cfg).repository)
     previous = ModelNames.of(routes["previous"].ensemble)
-    tokenizer = repo / previous.tokenizer / "1" / "tokenizer.json"
+    tokenizer = repo / previous.classifier / "1" / "tokenizer.json"  # one hop: the classifier tokenises
     exported = Path(routes["previous"].export) / "tokenizer.json"
     original = tokenizer.read_bytes()
     assert exported.read_bytes() == original

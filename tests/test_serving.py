@@ -82,9 +82,12 @@ def test_python_runtime_config_is_ragged_and_within_the_cores(exports):
     text = models.PythonOnnxRuntime().classifier_config("c", ServingSection(), model)
     instances, threads = models.default_instances(ServingSection())
     assert instances * threads <= (os.cpu_count() or 1)
-    assert "allow_ragged_batch: true" in text and "dynamic_batching" in text
+    assert 'name: "TEXT" data_type: TYPE_STRING' in text and "dynamic_batching" in text  # one hop
     assert 'key: "bucket_size" value: { string_value: "8" }' in text
-    off = models.PythonOnnxRuntime().classifier_config("c", ServingSection(batching=False), model)
+    assert 'key: "max_length" value: { string_value: "96" }' in text
+    two_hop = models.PythonOnnxRuntime().classifier_config("c", ServingSection(one_hop=False), model)
+    assert "allow_ragged_batch: true" in two_hop and "TEXT" not in two_hop
+    off = models.PythonOnnxRuntime().classifier_config("c", ServingSection(batching=False, one_hop=False), model)
     assert "allow_ragged_batch" not in off and "dynamic_batching" not in off
 
 
@@ -131,6 +134,7 @@ def test_deploy_answers_equal_the_exported_model(project, exports):
     assert result.outcome == "promoted", result.reason
     assert result.smoke["alone_label_agreement"] == 1.0 and result.smoke["batched_max_prob_diff"] <= 1e-5
     name = deploy.champion_model(cfg)
+    assert repository.steps(Path(info.repository), models.ModelNames.of(name)) == [f"{name}-classifier"]  # one hop
     reference = deploy.reference_probs(Deployable.from_export(exports[0]), TEXTS)
     results = {}
     with TritonClient(info.grpc_url) as grpc_client, TritonClient(info.http_url, "http") as http_client:
@@ -151,6 +155,29 @@ def test_deploy_answers_equal_the_exported_model(project, exports):
         probs = np.array([p.probs for p in preds])
         assert np.abs(probs - reference).max() <= 1e-5, way
         assert [p.label for p in preds] == [["negative", "neutral", "positive"][i] for i in reference.argmax(1)], way
+
+
+def test_the_two_hop_ensemble_answers_as_the_exported_model(project, exports):
+    """serving.one_hop false: a tokenizer step, then the classifier (the GPU runtime's shape)."""
+    cfg, info = project
+    two_hop = cfg.serving.model_copy(update={"one_hop": False})
+    model = Deployable.from_export(exports[0])
+    repo = Path(info.repository)
+    names = repository.write_version(repo, cfg.project.name, "v9two", model, two_hop)
+    assert repository.steps(repo, names) == [names.tokenizer, names.classifier]
+    reference = deploy.reference_probs(model, TEXTS)
+    with TritonClient(info.grpc_url) as client:
+        client.load(names.ensemble)
+        try:
+            for batch_size in (1, 16):
+                probs = np.array([p.probs for p in client.classify(TEXTS, names.ensemble, batch_size=batch_size)])
+                assert np.abs(probs - reference).max() <= 1e-5, batch_size
+            with pytest.raises(ServingError, match="text 0 is empty"):
+                client.classify([""], names.ensemble)
+        finally:
+            for step in names.unload_order():
+                client.unload(step)
+    repository.remove_version(repo, names)
 
 
 @pytest.mark.parametrize("bad, message", [

@@ -22,6 +22,8 @@ class ServingSection(Section):
     protocol: Literal["grpc", "http"] = "grpc"
     instances: int | None = Field(None, ge=1, description="classifier instances; default cores // threads")
     threads: int | None = Field(None, ge=1, description="onnxruntime threads per instance; default 1")
+    one_hop: bool = Field(True, description="python_onnxruntime: the classifier tokenises the texts itself, so a "
+                          "request crosses the python backend once; false: a separate tokenizer step")
     batching: bool = True
     max_queue_delay_us: int = Field(500, ge=0)
     bucket_size: int = Field(8, ge=1, description="texts per length-sorted bucket inside a batch")

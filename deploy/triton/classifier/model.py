@@ -1,5 +1,9 @@
 """Triton python-backend classifier: onnxruntime on CPU, length-aware batching.
 
+One hop (a TEXT input in its config): it tokenises the texts itself (textin.py, copied
+beside this file), so a request crosses the python backend once instead of twice; else it
+takes the tokenizer step's input_ids / attention_mask / token_type_ids.
+
 Rows of all requests in a dynamic batch are sorted by length, cut into buckets of
 `bucket_size`, padded per bucket and run together; outputs go back to their request in the
 original order. Naive cross-request padding cancelled batching's gain on 2 cores; sorted
@@ -8,11 +12,15 @@ activation scales per batch) is served with bucket_size 1, so every text runs al
 """
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from textin import TextIn, pad  # noqa: E402
 
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -24,6 +32,8 @@ class TritonPythonModel:
         folder = Path(args["model_repository"]) / args["model_version"]
         self.labels = json.loads((folder / "labels.json").read_text())
         self.bucket = int(params["bucket_size"])
+        one_hop = any(i["name"] == "TEXT" for i in config["input"])
+        self.text_in = TextIn(folder, params) if one_hop else None
         options = ort.SessionOptions()
         options.intra_op_num_threads = int(params["threads"])
         options.inter_op_num_threads = 1
@@ -31,43 +41,44 @@ class TritonPythonModel:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(folder / "model.onnx"), options,
                                             providers=["CPUExecutionProvider"])
-        self.wanted = {i.name for i in self.session.get_inputs()}
+        self.wanted = [name for name in INPUTS if name in {i.name for i in self.session.get_inputs()}]
 
     def execute(self, requests):
-        rows = []  # (request index, unpadded input arrays)
+        rows, owner, refused = [], [], {}  # unpadded rows, the request of each, errors by request
         for r, request in enumerate(requests):
-            arrays = {name: pb_utils.get_input_tensor_by_name(request, name).as_numpy() for name in INPUTS}
-            lengths = arrays["attention_mask"].sum(axis=1)
-            for i, n in enumerate(lengths):
-                rows.append((r, {name: a[i, :n] for name, a in arrays.items()}))
+            try:
+                mine = self._rows(request)
+            except ValueError as exc:
+                refused[r] = str(exc)
+                continue
+            rows.extend(mine)
+            owner.extend([r] * len(mine))
         probs = np.empty((len(rows), len(self.labels)), dtype=np.float32)
-        order = sorted(range(len(rows)), key=lambda k: len(rows[k][1]["input_ids"]))
+        order = sorted(range(len(rows)), key=lambda k: len(rows[k]["input_ids"]))
         for start in range(0, len(order), self.bucket):
             chunk = order[start:start + self.bucket]
-            probs[chunk] = self._run([rows[k][1] for k in chunk])
-        responses, cursor = [], 0
-        per_request = [0] * len(requests)
-        for r, _ in rows:
-            per_request[r] += 1
+            probs[chunk] = self._run([rows[k] for k in chunk])
+        owner = np.array(owner, dtype=np.int64)
+        responses = []
         for r in range(len(requests)):
-            part = probs[cursor:cursor + per_request[r]]
-            cursor += per_request[r]
+            if r in refused:
+                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(refused[r])))
+                continue
+            part = probs[owner == r]
             labels = np.array([[self.labels[i].encode("utf-8")] for i in part.argmax(axis=1)], dtype=object)
             responses.append(pb_utils.InferenceResponse(output_tensors=[
                 pb_utils.Tensor("PROBS", part), pb_utils.Tensor("LABEL", labels)]))
         return responses
 
-    def _run(self, items):
-        longest = max(len(item["input_ids"]) for item in items)
-        feed = {}
-        for name in INPUTS:
-            if name not in self.wanted:
-                continue
-            batch = np.zeros((len(items), longest), dtype=np.int64)
-            for row, item in enumerate(items):
-                batch[row, :len(item[name])] = item[name]
-            feed[name] = batch
-        logits = self.session.run(["logits"], feed)[0].astype(np.float32)
+    def _rows(self, request):
+        if self.text_in is not None:
+            return self.text_in.rows(request)
+        arrays = {name: pb_utils.get_input_tensor_by_name(request, name).as_numpy() for name in INPUTS}
+        lengths = arrays["attention_mask"].sum(axis=1)
+        return [{name: a[i, :n] for name, a in arrays.items()} for i, n in enumerate(lengths)]
+
+    def _run(self, rows):
+        logits = self.session.run(["logits"], pad(rows, self.wanted))[0].astype(np.float32)
         logits -= logits.max(axis=1, keepdims=True)
         exp = np.exp(logits)
         return exp / exp.sum(axis=1, keepdims=True)

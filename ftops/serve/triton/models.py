@@ -6,11 +6,12 @@ Triton's config.pbtxt is per model, not per version, so one ensemble cannot pin 
 versions of its steps at once; separate names let the new version load beside the
 champion under explicit model control, and rollback is a re-route, not a reload.
 
-A version is an ensemble `tokenizer -> classifier (-> postprocess)` with TEXT in and
-LABEL / PROBS out. The classifier's config comes from a backend registry keyed by
-`serving.runtime` (same shape for each): `python_onnxruntime` (python backend running
-onnxruntime; CPU hosts) and `onnxruntime_onnx` (Triton's own backend; GPU hosts and the
-official containers).
+A version is an ensemble with TEXT in and LABEL / PROBS out. Its steps and the
+classifier's config come from a backend registry keyed by `serving.runtime` (same shape
+for each): `python_onnxruntime` (python backend running onnxruntime; CPU hosts): one step,
+the classifier tokenises itself (`serving.one_hop`, the default), or `tokenizer ->
+classifier`; `onnxruntime_onnx` (Triton's own backend; GPU hosts and the official
+containers): `tokenizer -> classifier -> postprocess`.
 """
 
 from __future__ import annotations
@@ -69,18 +70,25 @@ def _batching(cfg: ServingSection) -> str:
     return f"dynamic_batching {{ max_queue_delay_microseconds: {cfg.max_queue_delay_us} }}"
 
 
+TEXT_INPUT = '{ name: "TEXT" data_type: TYPE_STRING dims: [ 1 ] }'
+
+
+def _text_params(cfg: ServingSection, model: Deployable) -> dict[str, object]:
+    return {"max_length": model.max_length, "max_text_bytes": cfg.max_text_bytes, "pad_id": model.pad_id}
+
+
 def tokenizer_config(name: str, cfg: ServingSection, model: Deployable) -> str:
     return f"""name: "{name}"
 backend: "python"
 max_batch_size: {cfg.max_batch_size}
-input [ {{ name: "TEXT" data_type: TYPE_STRING dims: [ 1 ] }} ]
+input [ {TEXT_INPUT} ]
 output [
   {{ name: "input_ids" data_type: TYPE_INT64 dims: [ -1 ] }},
   {{ name: "attention_mask" data_type: TYPE_INT64 dims: [ -1 ] }},
   {{ name: "token_type_ids" data_type: TYPE_INT64 dims: [ -1 ] }}
 ]
 instance_group [ {{ count: 1 kind: KIND_CPU }} ]
-{_params({"max_length": model.max_length, "max_text_bytes": cfg.max_text_bytes, "pad_id": model.pad_id})}
+{_params(_text_params(cfg, model))}
 """
 
 
@@ -88,19 +96,25 @@ class PythonOnnxRuntime:
     """Python backend running onnxruntime: the classifier emits PROBS and LABEL itself."""
 
     name = "python_onnxruntime"
-    steps = ("tokenizer", "classifier")
+
+    def steps(self, cfg: ServingSection) -> tuple[str, ...]:
+        return ("classifier",) if cfg.one_hop else ("tokenizer", "classifier")
 
     def classifier_config(self, name: str, cfg: ServingSection, model: Deployable) -> str:
         instances, threads = default_instances(cfg)
-        ragged = " allow_ragged_batch: true" if cfg.batching else ""
-        bucket = cfg.bucket_size if model.batch_invariant else 1
+        params = {"threads": threads, "bucket_size": cfg.bucket_size if model.batch_invariant else 1,
+                  "variant": model.variant}
+        if cfg.one_hop:
+            inputs, params = TEXT_INPUT, {**params, **_text_params(cfg, model)}
+        else:
+            ragged = " allow_ragged_batch: true" if cfg.batching else ""
+            inputs = ",\n  ".join(f'{{ name: "{n}" data_type: TYPE_INT64 dims: [ -1 ]{ragged} }}'
+                                   for n in ("input_ids", "attention_mask", "token_type_ids"))
         return f"""name: "{name}"
 backend: "python"
 max_batch_size: {cfg.max_batch_size}
 input [
-  {{ name: "input_ids" data_type: TYPE_INT64 dims: [ -1 ]{ragged} }},
-  {{ name: "attention_mask" data_type: TYPE_INT64 dims: [ -1 ]{ragged} }},
-  {{ name: "token_type_ids" data_type: TYPE_INT64 dims: [ -1 ]{ragged} }}
+  {inputs}
 ]
 output [
   {{ name: "PROBS" data_type: TYPE_FP32 dims: [ {len(model.labels)} ] }},
@@ -108,7 +122,7 @@ output [
 ]
 instance_group [ {{ count: {instances} kind: KIND_CPU }} ]
 {_batching(cfg)}
-{_params({"threads": threads, "bucket_size": bucket, "variant": model.variant})}
+{_params(params)}
 """
 
     def files(self) -> dict[str, Path]:
@@ -121,7 +135,9 @@ class OnnxRuntimeBackend:
     binary used on CPU hosts here."""
 
     name = "onnxruntime_onnx"
-    steps = ("tokenizer", "classifier", "postprocess")
+
+    def steps(self, cfg: ServingSection) -> tuple[str, ...]:
+        return ("tokenizer", "classifier", "postprocess")
 
     def classifier_config(self, name: str, cfg: ServingSection, model: Deployable) -> str:
         instances, _ = default_instances(cfg)
@@ -160,41 +176,38 @@ instance_group [ {{ count: 1 kind: KIND_CPU }} ]
 BACKENDS = {b.name: b for b in (PythonOnnxRuntime(), OnnxRuntimeBackend())}  # by serving.runtime
 
 
+# Each step's tensor maps inside the ensemble: (input_map, output_map) as step key -> ensemble tensor.
+_TOKENS = {"input_ids": "ids", "attention_mask": "mask", "token_type_ids": "types"}
+_ANSWER = {"PROBS": "PROBS", "LABEL": "LABEL"}
+
+
+def _step_maps(steps: tuple[str, ...]) -> list[tuple[str, dict[str, str], dict[str, str]]]:
+    """(step, inputs, outputs) of each ensemble step; the classifier reads TEXT when it is first."""
+    maps = []
+    for step in steps:
+        if step == "tokenizer":
+            maps.append((step, {"TEXT": "TEXT"}, _TOKENS))
+        elif step == "classifier":
+            inputs = {"TEXT": "TEXT"} if steps[0] == "classifier" else _TOKENS
+            maps.append((step, inputs, {"logits": "logits"} if "postprocess" in steps else _ANSWER))
+        else:  # postprocess
+            maps.append((step, {"logits": "logits"}, _ANSWER))
+    return maps
+
+
 def ensemble_config(names: ModelNames, cfg: ServingSection, model: Deployable, backend) -> str:
     k = len(model.labels)
-    tokens = """      input_map { key: "TEXT" value: "TEXT" }
-      output_map { key: "input_ids" value: "ids" }
-      output_map { key: "attention_mask" value: "mask" }
-      output_map { key: "token_type_ids" value: "types" }"""
-    feed = """      input_map { key: "input_ids" value: "ids" }
-      input_map { key: "attention_mask" value: "mask" }
-      input_map { key: "token_type_ids" value: "types" }"""
-    if "postprocess" in backend.steps:
-        steps = f"""    {{ model_name: "{names.tokenizer}" model_version: -1
-{tokens}
-    }},
-    {{ model_name: "{names.classifier}" model_version: -1
-{feed}
-      output_map {{ key: "logits" value: "logits" }}
-    }},
-    {{ model_name: "{names.postprocess}" model_version: -1
-      input_map {{ key: "logits" value: "logits" }}
-      output_map {{ key: "PROBS" value: "PROBS" }}
-      output_map {{ key: "LABEL" value: "LABEL" }}
-    }}"""
-    else:
-        steps = f"""    {{ model_name: "{names.tokenizer}" model_version: -1
-{tokens}
-    }},
-    {{ model_name: "{names.classifier}" model_version: -1
-{feed}
-      output_map {{ key: "PROBS" value: "PROBS" }}
-      output_map {{ key: "LABEL" value: "LABEL" }}
-    }}"""
+    steps = []
+    for step, inputs, outputs in _step_maps(backend.steps(cfg)):
+        lines = [f'      input_map {{ key: "{a}" value: "{b}" }}' for a, b in inputs.items()]
+        lines += [f'      output_map {{ key: "{a}" value: "{b}" }}' for a, b in outputs.items()]
+        body = "\n".join(lines)
+        steps.append(f'    {{ model_name: "{getattr(names, step)}" model_version: -1\n{body}\n    }}')
+    steps = ",\n".join(steps)
     return f"""name: "{names.ensemble}"
 platform: "ensemble"
 max_batch_size: {cfg.max_batch_size}
-input [ {{ name: "TEXT" data_type: TYPE_STRING dims: [ 1 ] }} ]
+input [ {TEXT_INPUT} ]
 output [
   {{ name: "LABEL" data_type: TYPE_STRING dims: [ 1 ] }},
   {{ name: "PROBS" data_type: TYPE_FP32 dims: [ {k} ] }}
@@ -207,20 +220,28 @@ ensemble_scheduling {{
 """
 
 
+TEXT_IN = TEMPLATES / "common" / "textin.py"  # imported by the python models that take TEXT
+
+
 def version_files(names: ModelNames, model: Deployable, cfg: ServingSection, backend) -> dict[str, dict]:
     """Each model folder of a version and its files: bytes to write, or (export file, its
     verified sha256) to copy."""
     labels = json.dumps(model.labels).encode()
-    models = {
-        names.tokenizer: {"config.pbtxt": tokenizer_config(names.tokenizer, cfg, model).encode(),
-                          "1/model.py": (TEMPLATES / "tokenizer" / "model.py").read_bytes(),
-                          f"1/{TOKENIZER_FILE}": (model.tokenizer_json, model.tokenizer_sha256)},
-        names.classifier: {"config.pbtxt": backend.classifier_config(names.classifier, cfg, model).encode(),
-                           f"1/{ONNX_FILE}": (model.onnx, model.onnx_sha256), f"1/{LABELS_FILE}": labels},
-    }
-    if "classifier" in backend.files():
-        models[names.classifier]["1/model.py"] = backend.files()["classifier"].read_bytes()
-    if "postprocess" in backend.steps:
+    steps = backend.steps(cfg)
+    tokenizer = {f"1/{TOKENIZER_FILE}": (model.tokenizer_json, model.tokenizer_sha256)}
+    models = {}
+    if "tokenizer" in steps:
+        models[names.tokenizer] = {"config.pbtxt": tokenizer_config(names.tokenizer, cfg, model).encode(),
+                                   "1/model.py": (TEMPLATES / "tokenizer" / "model.py").read_bytes(),
+                                   "1/textin.py": TEXT_IN.read_bytes(), **tokenizer}
+    models[names.classifier] = {"config.pbtxt": backend.classifier_config(names.classifier, cfg, model).encode(),
+                                f"1/{ONNX_FILE}": (model.onnx, model.onnx_sha256), f"1/{LABELS_FILE}": labels}
+    if "classifier" in backend.files():  # a python classifier: it imports textin.py
+        models[names.classifier].update({"1/model.py": backend.files()["classifier"].read_bytes(),
+                                         "1/textin.py": TEXT_IN.read_bytes()})
+        if steps[0] == "classifier":  # one hop: it tokenises the texts itself
+            models[names.classifier].update(tokenizer)
+    if "postprocess" in steps:
         models[names.postprocess] = {
             "config.pbtxt": backend.postprocess_config(names.postprocess, cfg, model).encode(),
             "1/model.py": backend.files()["postprocess"].read_bytes(), f"1/{LABELS_FILE}": labels}

@@ -70,9 +70,17 @@ def version_problems(repo: Path, names: ModelNames) -> list[str]:
     """Every difference between a version's models in the repository and what was written."""
     if not (repo / names.ensemble).is_dir():
         return [f"{names.ensemble} is not in the model repository {repo}"]
-    optional = names.postprocess  # only the onnxruntime_onnx backend has one
-    present = [n for n in names.all() if n != optional or (repo / n).exists() or _hashes_file(repo, n).exists()]
-    return [p for n in present for p in model_problems(repo, n)]
+    problems = model_problems(repo, names.ensemble)
+    if problems:
+        return problems
+    return [p for n in steps(repo, names) for p in model_problems(repo, n)]
+
+
+def steps(repo: Path, names: ModelNames) -> list[str]:
+    """The models a version's ensemble runs, read from its (verified) config: one step or
+    three, by runtime and serving.one_hop."""
+    config = (repo / names.ensemble / "config.pbtxt").read_text()
+    return re.findall(r'model_name: "([^"]+)"', config)
 
 
 def verify_version(repo: Path, names: ModelNames, hint: str) -> None:
@@ -92,8 +100,12 @@ def write_version(repo: Path, project: str, tag: str, model: Deployable, cfg: Se
     backend = BACKENDS[cfg.runtime]
     names = ModelNames.for_tag(project, tag)
     written: list[Path] = []
+    models = version_files(names, model, cfg, backend)
+    for name in set(names.all()) - set(models):  # a step of an earlier shape of this tag (serving.one_hop)
+        shutil.rmtree(repo / name, ignore_errors=True)
+        _hashes_file(repo, name).unlink(missing_ok=True)
     try:
-        for name, files in version_files(names, model, cfg, backend).items():
+        for name, files in models.items():
             folder = _model_dir(repo, name, written)
             _record(repo, name, {rel: _put(folder / rel, source) for rel, source in files.items()})
         verify_version(repo, names, "It was removed, nothing was loaded; the champion keeps serving. Deploy "
