@@ -12,11 +12,16 @@ labels depend on the text and quantisation errors can flip them: an untrained he
 one class and makes every variant look perfect. Fine-tuning takes 20 s to 8 min here
 (depending on what else runs), so the candidate is kept in `--keep` and reused by later
 runs with the same settings; `--candidate DIR` benchmarks another trained candidate folder.
+With `--student-layers N` (default 3), a student of the candidate's first N layers is
+distilled from it and exported too; its runtimes are timed in the same interleaved rounds
+and judged against the teacher's PyTorch: speed-up, and the paired macro-F1 change on the
+test texts with the export gate's non-inferiority rule (CI lower end >= -max_f1_loss).
 Timings run once per thread count (default 1 and 2); the verdict takes each runtime at its
 best thread count, because on 2 shared cores PyTorch's OpenMP pool can collapse at 2 threads
 when another process is busy, which would flatter onnxruntime.
 
-    python bench/inference.py [--rows 1700] [--test 500] [--steps 150] [--threads 1,2] [--keep DIR | --candidate DIR]
+    python bench/inference.py [--rows 1700] [--test 500] [--steps 150] [--threads 1,2] [--student-layers 3]
+                              [--keep DIR | --candidate DIR]
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ import os
 import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
 
 from ftops import export, train
 from ftops.artifacts.timing import measure_speed
@@ -58,15 +65,19 @@ class Rows:
         return self.frames[name]
 
 
-def fine_tune(folder: Path, frames: dict, labels: list[str], max_length: int, steps: int) -> Path:
-    """Full fine-tuning of MiniLM with ftops defaults, capped at `steps` optimizer steps."""
-    config = Config.model_validate({
-        "project": {"dir": str(folder / "project")}, "model": {"max_length": max_length},
-        "candidates": [{"name": "full", "strategy": "full", "max_steps": steps, "batch_size": 16,
-                        "learning_rate": 1e-4, "warmup_share": 0.1, "evals_per_epoch": 1,
-                        "early_stopping_patience": 0}]})
-    result = train.train_candidate(config, config.candidates[0], Rows(frames, labels), folder)
-    print(f"fine-tuned {result.global_step} steps in {result.wall_seconds:.0f} s: "
+def fine_tune(folder: Path, frames: dict, labels: list[str], max_length: int, steps: int,
+              layers: int | None = None, teacher: Path | None = None) -> Path:
+    """Full fine-tuning of MiniLM with ftops defaults, capped at `steps` optimizer steps; with
+    `layers` and `teacher`, a student of the first `layers` layers distilled from it."""
+    candidate = {"name": "full", "strategy": "full", "max_steps": steps, "batch_size": 16,
+                 "learning_rate": 1e-4, "warmup_share": 0.1, "evals_per_epoch": 1, "early_stopping_patience": 0}
+    if layers:
+        candidate.update(name="student", layers=layers, distillation={"temperature": 2.0, "alpha": 0.5})
+    config = Config.model_validate({"project": {"dir": str(folder / "project")}, "model": {"max_length": max_length},
+                                    "candidates": [candidate]})
+    result = train.train_candidate(config, config.candidates[0], Rows(frames, labels), folder,
+                                   retrain=train.RetrainSources(teacher_dir=teacher) if teacher else None)
+    print(f"fine-tuned {candidate['name']} {result.global_step} steps in {result.wall_seconds:.0f} s: "
           f"test macro-F1 {result.test_macro_f1:.3f}, accuracy {result.test_accuracy:.3f}")
     return folder
 
@@ -137,15 +148,71 @@ def verdict(result: export.ExportResult, speeds: dict[int, dict[str, dict[str, f
     return "\n".join(lines)
 
 
-def cached_candidate(args, frames: dict) -> Path:
-    """The fine-tuned candidate, reused from `--keep` when a run with the same settings made it:
-    fine-tuning is most of this benchmark's time on 2 shared cores (20 s to 8 min seen)."""
-    folder = args.keep / f"minilm-full-{args.rows}-{args.steps}-{args.max_length}"
+def student_verdict(rows: list[dict], layers: int) -> str:
+    """The fastest student runtime that the paired rule keeps non-inferior to the teacher."""
+    kept = [r for r in rows if r["runtime"].startswith("student-") and r.get("non_inferior")
+            and r["status"] in (export.PASS, export.UNBATCHED)]  # what export would serve
+    if not kept:
+        return f"student ({layers} layers): no runtime is non-inferior to the teacher's PyTorch (paired, max_f1_loss)"
+    top = max(kept, key=lambda r: r["x_p50"])
+    return (f"student ({layers} layers): fastest non-inferior runtime {top['runtime']} at {top['threads']} thread(s): "
+            f"{top['x_p50']:.2f}x the teacher's PyTorch, {top['delta_macro_f1_pt']:+.2f} pt "
+            f"(CI low {top['delta_ci_low_pt']:+.2f}); target 4x {'met' if top['x_p50'] >= 4 else 'NOT met'}")
+
+
+def cached_candidate(args, frames: dict, layers: int | None = None, teacher: Path | None = None) -> Path:
+    """The fine-tuned candidate (or student), reused from `--keep` when a run with the same
+    settings made it: fine-tuning is most of this benchmark's time on 2 shared cores."""
+    kind = f"student{layers}" if layers else "full"
+    folder = args.keep / f"minilm-{kind}-{args.rows}-{args.steps}-{args.max_length}"
     if (folder / "model" / "ftops.json").is_file():
-        print(f"reusing the fine-tuned candidate in {folder} (delete it to retrain)")
+        print(f"reusing the fine-tuned {kind} in {folder} (delete it to retrain)")
         return folder
     labels = sorted(frames["train"]["label"].unique())
-    return fine_tune(folder, frames, labels, args.max_length, args.steps)
+    return fine_tune(folder, frames, labels, args.max_length, args.steps, layers, teacher)
+
+
+def export_candidate(candidate: Path, out: Path, frames: dict, args, threads: int) -> export.ExportResult:
+    labels = json.loads((candidate / "model" / "ftops.json").read_text())["labels"]
+    test = frames["test"]
+    return export.export_model(
+        candidate, out, list(frames["train"]["text"].sample(n=200, random_state=0)), args.max_length,
+        parity_texts=list(test["text"]), parity_labels=[labels.index(l) for l in test["label"]],
+        threads=threads, progress=lambda line: print("  " + line))
+
+
+def student_rows(teacher: Path, student: Path, exported: export.ExportResult, frames: dict, speed: dict,
+                 threads: int, layers: int, max_f1_loss: float) -> list[dict]:
+    """Each student variant against the teacher's PyTorch: speed-up and the paired macro-F1
+    change on the test texts (what the A/B gate would judge when the student challenges it)."""
+    from ftops.export import parity
+
+    labels = json.loads((teacher / "model" / "ftops.json").read_text())["labels"]
+    y = np.array([labels.index(l) for l in frames["test"]["label"]])
+    tokenizer = runtime.load_tokenizer_json(exported.out_dir / TOKENIZER_FILE)
+    singles = [runtime.encode_batch(tokenizer, [t]) for t in frames["test"]["text"]]
+    teacher_run = torch_runner(teacher, threads)
+    reference = np.array([int(np.asarray(teacher_run(f)).argmax()) for f in singles])
+    base = speed["pytorch"]["p50_ms"]
+    rows = []
+    print(f"\nstudent: the first {layers} layers, distilled; vs the teacher's PyTorch ({threads} thread(s))")
+    print(f"{'runtime':<22}{'p50 ms':>8}{'x p50':>7}{'macro-F1':>9}{'dF1 pt':>8}{'CI low':>8}  non-inferior")
+    for name, variant in {"pytorch": None, **exported.variants}.items():
+        key = f"student-{name}"
+        if key not in speed:
+            continue
+        run = (torch_runner(student, threads) if variant is None
+               else runtime.ort_runner(exported.out_dir / variant.file, threads))
+        predicted = np.array([int(np.asarray(run(f)).argmax()) for f in singles])
+        f = parity.f1_figures(y, reference, predicted, len(labels), alpha=0.05)
+        ok = f["delta_macro_f1_ci_low"] >= -max_f1_loss
+        rows.append({"threads": threads, "runtime": key, "status": variant.status if variant else "student",
+                     **speed[key], "x_p50": base / speed[key]["p50_ms"], "agreement": f["agreement"],
+                     "macro_f1": f["macro_f1"], "delta_macro_f1_pt": 100 * f["delta_macro_f1"],
+                     "delta_ci_low_pt": 100 * f["delta_macro_f1_ci_low"], "non_inferior": ok})
+        print(f"{key:<22}{speed[key]['p50_ms']:>8.2f}{base / speed[key]['p50_ms']:>7.2f}{f['macro_f1']:>9.3f}"
+              f"{100 * f['delta_macro_f1']:>+8.2f}{100 * f['delta_macro_f1_ci_low']:>+8.2f}  {'yes' if ok else 'no'}")
+    return rows
 
 
 def main() -> None:
@@ -155,6 +222,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=150, help="fine-tuning optimizer steps (batch 16)")
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--threads", default="1,2", help="comma-separated thread counts to time")
+    parser.add_argument("--student-layers", type=int, default=3,
+                        help="also distil a student of the first N layers from the candidate (0: none)")
     parser.add_argument("--candidate", type=Path, help="a trained candidate folder instead of fine-tuning")
     parser.add_argument("--keep", type=Path, default=Path(tempfile.gettempdir()) / "ftops-bench-inference",
                         help="where the fine-tuned candidate is kept and reused across runs")
@@ -166,25 +235,33 @@ def main() -> None:
     started = time.perf_counter()
     frames = load_texts(args.rows, args.test)
     candidate = args.candidate or cached_candidate(args, frames)
-    labels = json.loads((candidate / "model" / "ftops.json").read_text())["labels"]
-    label2id = {label: i for i, label in enumerate(labels)}
+    student = cached_candidate(args, frames, args.student_layers, candidate) if args.student_layers else None
     test = frames["test"]
     with tempfile.TemporaryDirectory() as tmp:
-        result = export.export_model(
-            candidate, Path(tmp) / "export", list(frames["train"]["text"].sample(n=200, random_state=0)),
-            args.max_length, parity_texts=list(test["text"]), parity_labels=[label2id[l] for l in test["label"]],
-            threads=max(thread_counts), progress=lambda line: print("  " + line))
+        result = export_candidate(candidate, Path(tmp) / "export", frames, args, max(thread_counts))
+        students = None
+        if student is not None:
+            students = export_candidate(student, Path(tmp) / "student-export", frames, args, max(thread_counts))
         feeds = timing_feeds(result, list(test["text"]))
         speeds, rows = {}, []
         for threads in thread_counts:
             runners = {"pytorch": torch_runner(candidate, threads)}
             runners.update({n: runtime.ort_runner(result.out_dir / r.file, threads)
                             for n, r in result.variants.items() if r.file and r.status != export.ERROR})
+            if students is not None:
+                runners["student-pytorch"] = torch_runner(student, threads)
+                runners.update({f"student-{n}": runtime.ort_runner(students.out_dir / r.file, threads)
+                                for n, r in students.variants.items() if r.file and r.status != export.ERROR})
             speeds[threads] = measure_speed(runners, *feeds)
             rows += print_table(result, speeds[threads], threads)
+            if students is not None:
+                rows += student_rows(candidate, student, students, frames, speeds[threads], threads, args.student_layers,
+                                     Config().gates.max_f1_loss)
     print("(* = selected by export; x = speed-up vs PyTorch eager at that thread count; "
           "dF1 = macro-F1 change vs PyTorch, points)")
     judged = verdict(result, speeds)
+    if students is not None:
+        judged += "\n" + student_verdict(rows, args.student_layers)
     print(judged)
     report.write("inference", rows, {k: str(v) for k, v in vars(args).items()},
                  notes=[*judged.splitlines(), f"selected by export: {result.selected}"])

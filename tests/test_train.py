@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from ftops import train
 from ftops.config import CandidateSection, Config, DistillationSection
+from ftops.errors import ConfigError
 
 
 # ------------------------------------------------------------ losses on known values
@@ -208,3 +209,28 @@ def test_init_champion_starts_from_the_champion_weights(tiny_model, airline_snap
     # a LoRA candidate on top of the champion is saved merged (its base is not the named model)
     result = train.train_candidate(cfg, candidate, airline_snapshot, tmp_path / "cont", retrain=sources)
     assert not json.loads((result.out_dir / "model" / "ftops.json").read_text())["peft"]
+
+
+def test_a_student_keeps_the_first_layers_and_learns_from_the_champion(tiny_model, airline_snapshot, tmp_path):
+    """layers: 1 of the tiny BERT's 2, distilled from a trained champion: half the encoder,
+    its kept layer the pretrained one, saved and loaded back at that size."""
+    cfg = tiny_config(tiny_model, tmp_path)
+    champion = train.train_candidate(cfg, cfg.candidates[1], airline_snapshot, tmp_path / "champion")
+    student = cfg.candidates[1].model_copy(update={
+        "name": "student", "layers": 1, "distillation": DistillationSection(temperature=2.0, alpha=0.7)})
+    sources = train.RetrainSources(teacher_dir=champion.out_dir)
+    start = train.initial_model(cfg, student, airline_snapshot.labels, sources)
+    from transformers import BertForSequenceClassification
+
+    pretrained = BertForSequenceClassification.from_pretrained(tiny_model)
+    assert start.config.num_hidden_layers == 1 and len(start.bert.encoder.layer) == 1
+    assert torch.equal(start.bert.encoder.layer[0].attention.self.query.weight,
+                       pretrained.bert.encoder.layer[0].attention.self.query.weight)
+    result = train.train_candidate(cfg, student, airline_snapshot, tmp_path / "student", retrain=sources)
+    model, _, _ = train.load_trained(result.out_dir)
+    assert len(model.bert.encoder.layer) == 1
+    assert result.total < champion.total  # fewer parameters: the second layer is gone
+    with pytest.raises(ConfigError, match="layers is 3, but the model has 2 encoder layers"):
+        train.check_candidates(cfg.model_copy(update={"candidates": [student.model_copy(update={"layers": 3})]}))
+    with pytest.raises(ConfigError, match="init: champion would replace"):
+        train.check_candidates(cfg.model_copy(update={"candidates": [student.model_copy(update={"init": "champion"})]}))

@@ -79,6 +79,9 @@ class CandidateSection(Section):
     distillation: DistillationSection | None = None
     ewc: EwcSection | None = None
     rehearsal_share: float = Field(0.0, ge=0, lt=1, description="share of old data mixed into training")
+    layers: int | None = Field(None, ge=1, description=(
+        "keep the pretrained encoder's first N layers: a smaller student, about N/all of the inference "
+        "work (pair it with distillation from the champion); default all; needs init: base"))
     init: Literal["base", "champion"] = Field(
         "base", description="start from the pretrained model, or (when retraining) from the champion's weights")
     adaptation: AdaptationSection | None = None

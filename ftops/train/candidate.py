@@ -190,7 +190,7 @@ def initial_model(config: Config, candidate: CandidateSection, labels: list[str]
     """The pretrained encoder with a fresh head, or, with init=champion when retraining, the
     champion itself (merged if it was an adapter): continued training keeps what it knows."""
     if candidate.init != "champion" or retrain.teacher_dir is None:
-        return models.build_classifier(config.model.name, labels)
+        return models.build_classifier(config.model.name, labels, candidate.layers)
     model, _, champion_labels = load_trained(retrain.teacher_dir)
     if champion_labels != labels:
         raise ConfigError(f"Candidate '{candidate.name}' starts from the champion, whose labels "

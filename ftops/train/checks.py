@@ -18,9 +18,10 @@ def check_candidates(config: Config, names: list[str] | None = None) -> list[tup
     hf_config = AutoConfig.from_pretrained(models.resolve_model(config.model.name), local_files_only=True)
     parsed = []
     for candidate in chosen:
+        _check_layers(candidate, hf_config.num_hidden_layers)
         strategy = strategies.get_strategy(candidate.strategy)
         params = strategies.parse_params(candidate.name, strategy, candidate.params,
-                                         hf_config.num_hidden_layers)
+                                         candidate.layers or hf_config.num_hidden_layers)
         parsed.append((candidate, params))
     return parsed
 
@@ -34,3 +35,15 @@ def select_candidates(config: Config, names: list[str] | None) -> list[Candidate
         raise ConfigError(f"Unknown candidate {', '.join(unknown)}; the config defines: "
                           f"{', '.join(known) or 'none'} (section `candidates`).")
     return [known[n] for n in names]
+
+
+def _check_layers(candidate: CandidateSection, available: int) -> None:
+    if candidate.layers is None:
+        return
+    if candidate.layers > available:
+        raise ConfigError(f"Candidate '{candidate.name}': layers is {candidate.layers}, but the model has "
+                          f"{available} encoder layers. Lower `layers` (a student keeps the first N).")
+    if candidate.init == "champion":
+        raise ConfigError(f"Candidate '{candidate.name}': layers builds a smaller student from the pretrained "
+                          "model, which init: champion would replace. Use init: base with distillation to "
+                          "learn from the champion.")
