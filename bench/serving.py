@@ -8,6 +8,8 @@
 2. Throughput and p50/p99 at concurrency 1 / 4 / 8, dynamic batching off vs on (one hop),
    against the best in-process throughput (batch 1, or length-sorted batches of 8) on the
    same share of the CPU.
+3. The gateway (HTTP text in, routed, logged to the prediction log) vs Triton alone on the
+   same deployed champion, interleaved rounds at concurrency 1.
 
 CPU share: with 2 or more cores, Triton and its python-backend processes are pinned to all
 cores but the last (taskset), this process (the load generator and the in-process
@@ -16,7 +18,7 @@ classifier gets one instance per server core. The table says which cores each si
 
 Targets (issue "Inference at the limit of the CPU"): one-hop p50 minus in-process p50
 <= 1.0 ms at concurrency 1; p99 <= 3x p50 at concurrency 4; throughput at concurrency 8
->= 90% of the best in-process throughput.
+>= 90% of the best in-process throughput; gateway p50 minus Triton p50 <= 1.5 ms.
 
     python bench/serving.py [--rounds 5] [--requests 300] [--load-requests 600]
 """
@@ -37,7 +39,7 @@ import psutil
 from ftops import export, models, train
 from ftops.config import Config
 from ftops.data import corpora
-from ftops.serve import loadtest
+from ftops.serve import deploy, gateway, loadtest
 from ftops.serve.deployable import Deployable
 from ftops.serve.triton import repository, server
 from ftops.serve.triton.client import TritonClient
@@ -159,6 +161,36 @@ def load_rows(info, ensembles, texts: list[str], requests: int, best_local: floa
     return rows
 
 
+def gateway_rounds(config: Config, exported: Path, texts: list[str], rounds: int, requests: int,
+                   cores: list[int]) -> list[dict]:
+    """The export deployed as champion behind the gateway; per round, the gateway and then
+    Triton alone on the same texts; the median over rounds of each p50."""
+    result = deploy.deploy(config, exported, texts[:64])
+    if result.outcome != "promoted":
+        raise SystemExit(f"the deploy for the gateway part was not promoted: {result.reason}")
+    info = gateway.start(config)
+    triton = server.status(config)
+    pin(info.pid, cores)
+    pin(triton.pid, cores)  # the deploy loaded new python-backend stubs
+    champion = deploy.champion_model(config)
+    seen: dict[str, list[float]] = {"gateway (HTTP, logged)": [], "Triton alone (gRPC)": []}
+    try:
+        for r in range(rounds):
+            sample = texts[r * requests:(r + 1) * requests]
+            load = loadtest.gateway(info.url, sample, requests=requests, concurrency=1)
+            alone = loadtest.run(triton.grpc_url, champion, sample, concurrency=1, requests=requests, warmup=20)
+            if load.errors:
+                raise SystemExit(f"the gateway answered {load.errors} errors: {load.first_error}")
+            seen["gateway (HTTP, logged)"].append(load.p50_ms)
+            seen["Triton alone (gRPC)"].append(alone.p50_ms)
+            print(f"  round {r + 1}/{rounds}: gateway {load.p50_ms:.2f} ms, Triton {alone.p50_ms:.2f} ms")
+    finally:
+        gateway.stop(config)
+    triton_p50 = statistics.median(seen["Triton alone (gRPC)"])
+    return [{"part": "gateway c1", "way": way, "p50_ms": statistics.median(v),
+             "over_triton_ms": statistics.median(v) - triton_p50} for way, v in seen.items()]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
@@ -182,7 +214,9 @@ def main() -> None:
         model = Deployable.from_export(exported.out_dir, "fp32")
         base = Config.model_validate({"project": {"dir": str(root / "proj"), "name": "bench"},
                                       "serving": {"http_port": 0, "grpc_port": 0, "metrics_port": 0,
-                                                  "instances": len(server_cores), "threads": 1}})
+                                                  "gateway_port": 0, "instances": len(server_cores),
+                                                  "threads": 1, "load_requests": 100},
+                                      "gates": {"p99_ms": 10000}})
         info = server.start(base)
         try:
             ensembles = deploy_versions(info, model, base)
@@ -194,6 +228,8 @@ def main() -> None:
             best_local = max(local.throughput(texts[:600], 1), local.throughput(texts[:600], 8))
             print("2. load by concurrency")
             rows += load_rows(info, ensembles, texts, args.load_requests, best_local)
+            print("3. the gateway vs Triton alone at concurrency 1")
+            rows += gateway_rounds(base, exported.out_dir, texts, args.rounds, args.requests, server_cores)
         finally:
             server.stop(base)
     print_verdict(rows, best_local, server_cores, client_cores)
@@ -220,12 +256,17 @@ def print_verdict(rows: list[dict], best_local: float, server_cores, client_core
     for r in (r for r in rows if r["part"] == "load"):
         print(f"{r['concurrency']:>11} {r['way']:<22}{r['req_s']:>7.0f}{r['p50_ms']:>7.1f}{r['p99_ms']:>7.1f}"
               f"{r['p99_over_p50']:>8.2f}{r['of_best_in_process']:>8.0%}")
+    print(f"\n{'':24}{'p50 ms':>8}{'over Triton':>12}")
+    for row in (r for r in rows if r["part"] == "gateway c1"):
+        print(f"{row['way']:24}{row['p50_ms']:>8.2f}{row['over_triton_ms']:>+12.2f}")
+    gate = next(r for r in rows if r["way"] == "gateway (HTTP, logged)")
     one = next(r for r in rows if r["way"] == "Triton one hop")
     c4 = next(r for r in rows if r["part"] == "load" and r["way"] == "one hop" and r["concurrency"] == 4)
     c8 = max((r for r in rows if r["part"] == "load" and r["concurrency"] == 8), key=lambda r: r["req_s"])
     print(f"\none hop over in-process p50: {one['over_in_process_ms']:+.2f} ms (target <= 1.0); "
           f"p99/p50 at concurrency 4: {c4['p99_over_p50']:.2f} (target <= 3); "
-          f"concurrency 8 throughput: {c8['of_best_in_process']:.0%} of in-process (target >= 90%)")
+          f"concurrency 8 throughput: {c8['of_best_in_process']:.0%} of in-process (target >= 90%); "
+          f"gateway over Triton p50: {gate['over_triton_ms']:+.2f} ms (target <= 1.5)")
 
 
 if __name__ == "__main__":
