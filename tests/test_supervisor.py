@@ -118,7 +118,9 @@ def test_alive_means_running_with_the_marker_and_sweep_needs_the_project(tmp_pat
     env = {**os.environ, "FTOPS_PROJECT__DIR": str(tmp_path)}
     child = subprocess.Popen(["sleep", "300"], env=env, start_new_session=True)
     try:
-        assert procs.alive(child.pid, "sleep 300") and not procs.alive(child.pid, "tritonserver")
+        # right after Popen the child may not have exec'd yet (its command line is still ours)
+        wait_until(lambda: procs.alive(child.pid, "sleep 300"), 5, "the child runs sleep")
+        assert not procs.alive(child.pid, "tritonserver")
         assert procs.sweep("sleep 300", "FTOPS_PROJECT__DIR", str(tmp_path / "other")) == []
         assert procs.sweep("sleep 300", "FTOPS_PROJECT__DIR", str(tmp_path)) == [child.pid]
         wait_until(lambda: psutil.Process(child.pid).status() == psutil.STATUS_ZOMBIE, 5, "the child exited")
