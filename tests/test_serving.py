@@ -79,16 +79,34 @@ def project(tmp_path_factory):
 
 def test_python_runtime_config_is_ragged_and_within_the_cores(exports):
     model = Deployable.from_export(exports[0])
-    text = models.PythonOnnxRuntime().classifier_config("c", ServingSection(), model)
+    text = models.PythonOnnxRuntime().classifier_config("c", ServingSection(batching=True), model)
     instances, threads = models.default_instances(ServingSection())
     assert instances * threads <= (os.cpu_count() or 1)
     assert 'name: "TEXT" data_type: TYPE_STRING' in text and "dynamic_batching" in text  # one hop
     assert 'key: "bucket_size" value: { string_value: "8" }' in text
     assert 'key: "max_length" value: { string_value: "96" }' in text
-    two_hop = models.PythonOnnxRuntime().classifier_config("c", ServingSection(one_hop=False), model)
+    two_hop = models.PythonOnnxRuntime().classifier_config("c", ServingSection(one_hop=False, batching=True), model)
     assert "allow_ragged_batch: true" in two_hop and "TEXT" not in two_hop
     off = models.PythonOnnxRuntime().classifier_config("c", ServingSection(batching=False, one_hop=False), model)
     assert "allow_ragged_batch" not in off and "dynamic_batching" not in off
+
+
+@pytest.mark.parametrize("gain, on", [(1.3, True), (0.8, False), (None, False)])
+def test_auto_batching_follows_what_the_export_measured(exports, gain, on):
+    model = Deployable.from_export(exports[0])
+    model.batch_gain = gain
+    text = models.PythonOnnxRuntime().classifier_config("c", ServingSection(), model)
+    assert ("dynamic_batching" in text) is on
+    assert models.batching(ServingSection(), model, gpu=True)[0]  # a GPU batches whatever the CPU measured
+    assert models.batching(ServingSection(batching=False), model)[0] is False
+
+
+def test_the_export_figures_give_the_batch_gain(exports, tmp_path):
+    shutil.copytree(exports[0], tmp_path / "e")
+    manifest = json.loads((tmp_path / "e" / "export.json").read_text())
+    manifest["variants"]["fp32"]["figures"] = {"p50_ms": 10.0, "samples_per_s": 125.0}
+    (tmp_path / "e" / "export.json").write_text(json.dumps(manifest))
+    assert Deployable.from_export(tmp_path / "e").batch_gain == pytest.approx(1.25)
 
 
 def test_a_batch_variant_dependent_model_runs_text_by_text(exports):

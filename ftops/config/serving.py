@@ -24,7 +24,11 @@ class ServingSection(Section):
     threads: int | None = Field(None, ge=1, description="onnxruntime threads per instance; default 1")
     one_hop: bool = Field(True, description="python_onnxruntime: the classifier tokenises the texts itself, so a "
                           "request crosses the python backend once; false: a separate tokenizer step")
-    batching: bool = True
+    batching: bool | Literal["auto"] = Field("auto", description=(
+        "dynamic batching; auto: on when the variant's export figures show batches beating one text at a "
+        "time on this host (samples/s at batch 32 over 1000 / batch-1 p50 >= batching_min_gain), always "
+        "on for onnxruntime_onnx (GPU); true / false force it"))
+    batching_min_gain: float = Field(1.1, gt=0, description="the throughput gain auto batching needs")
     max_queue_delay_us: int = Field(500, ge=0)
     bucket_size: int = Field(8, ge=1, description="texts per length-sorted bucket inside a batch")
     max_batch_size: int = Field(64, ge=1)

@@ -35,6 +35,7 @@ class Deployable:
     onnx_sha256: str
     tokenizer_sha256: str
     pad_id: int = 0
+    batch_gain: float | None = None  # export's samples/s at batch 32 over batch-1's (1000 / p50_ms)
 
     @classmethod
     def from_export(cls, export_dir: Path, variant: str | None = None) -> Deployable:
@@ -61,7 +62,13 @@ class Deployable:
                    onnx_sha256=checked(export_dir / onnx, export_sha256(export_dir, manifest, onnx)),
                    tokenizer_sha256=checked(export_dir / TOKENIZER_FILE,
                                             export_sha256(export_dir, manifest, TOKENIZER_FILE)),
-                   pad_id=int(manifest.get("pad_id", 0)))
+                   pad_id=int(manifest.get("pad_id", 0)), batch_gain=batch_gain(info.get("figures", {})))
+
+
+def batch_gain(figures: dict) -> float | None:
+    """How much faster the variant ran in batches than text by text where it was exported."""
+    p50, batched = figures.get("p50_ms"), figures.get("samples_per_s")
+    return batched * p50 / 1000 if p50 and batched else None
 
 
 def export_sha256(export_dir: Path, manifest: dict, name: str) -> str:

@@ -64,10 +64,25 @@ def _params(values: dict[str, object]) -> str:
     return "\n".join(f'parameters {{ key: "{k}" value: {{ string_value: "{v}" }} }}' for k, v in values.items())
 
 
-def _batching(cfg: ServingSection) -> str:
-    if not cfg.batching:
-        return ""
-    return f"dynamic_batching {{ max_queue_delay_microseconds: {cfg.max_queue_delay_us} }}"
+def batching(cfg: ServingSection, model: Deployable, gpu: bool = False) -> tuple[bool, str]:
+    """Whether the classifier gets dynamic batching, and why (written into its config).
+    Measured on AVX2 cores: batches of random-length texts ran slower per text than one at
+    a time (their padding costs more than batching saves), so `auto` asks the export's figures."""
+    if cfg.batching != "auto":
+        return bool(cfg.batching), f"serving.batching is {str(cfg.batching).lower()}"
+    if gpu:
+        return True, "auto: a GPU runtime"
+    if not model.batch_invariant:
+        return False, "auto: the variant answers text by text"
+    if model.batch_gain is None:
+        return False, "auto: the export has no batch figures"
+    on = model.batch_gain >= cfg.batching_min_gain
+    return on, (f"auto: batch 32 ran x{model.batch_gain:.2f} the texts/s of batch 1 at export "
+                f"({'>=' if on else '<'} serving.batching_min_gain {cfg.batching_min_gain})")
+
+
+def _batching(on: bool, cfg: ServingSection) -> str:
+    return f"dynamic_batching {{ max_queue_delay_microseconds: {cfg.max_queue_delay_us} }}" if on else ""
 
 
 TEXT_INPUT = '{ name: "TEXT" data_type: TYPE_STRING dims: [ 1 ] }'
@@ -102,12 +117,13 @@ class PythonOnnxRuntime:
 
     def classifier_config(self, name: str, cfg: ServingSection, model: Deployable) -> str:
         instances, threads = default_instances(cfg)
+        batched, why = batching(cfg, model)
         params = {"threads": threads, "bucket_size": cfg.bucket_size if model.batch_invariant else 1,
-                  "variant": model.variant}
+                  "variant": model.variant, "batching": why}
         if cfg.one_hop:
             inputs, params = TEXT_INPUT, {**params, **_text_params(cfg, model)}
         else:
-            ragged = " allow_ragged_batch: true" if cfg.batching else ""
+            ragged = " allow_ragged_batch: true" if batched else ""
             inputs = ",\n  ".join(f'{{ name: "{n}" data_type: TYPE_INT64 dims: [ -1 ]{ragged} }}'
                                    for n in ("input_ids", "attention_mask", "token_type_ids"))
         return f"""name: "{name}"
@@ -121,7 +137,7 @@ output [
   {{ name: "LABEL" data_type: TYPE_STRING dims: [ 1 ] }}
 ]
 instance_group [ {{ count: {instances} kind: KIND_CPU }} ]
-{_batching(cfg)}
+{_batching(batched, cfg)}
 {_params(params)}
 """
 
@@ -154,7 +170,7 @@ input [
 ]
 output [ {{ name: "logits" data_type: TYPE_FP32 dims: [ {len(model.labels)} ] }} ]
 instance_group [ {{ count: {instances} kind: KIND_GPU }} ]
-{_batching(cfg)}
+{_batching(batching(cfg, model, gpu=True)[0], cfg)}
 """
 
     def postprocess_config(self, name: str, cfg: ServingSection, model: Deployable) -> str:
