@@ -199,6 +199,8 @@ def test_weighted_loss_differs_on_an_imbalanced_batch_in_training_only(tmp_path,
 
     labels = ["a", "b", "c"]
     model = models.build_classifier(str(tiny_model), labels)
+    with torch.no_grad():  # a head that favours "a": the weighted loss then differs whatever the random init
+        model.classifier.bias.copy_(torch.tensor([2.0, 0.0, -1.0]))
     weights = train.class_weights(pd.DataFrame({"label": ["a"] * 8 + ["b", "c"]}), labels, "balanced")
     args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none")
     plain = train.FtopsTrainer(model=model, args=args, param_groups=[])
