@@ -182,37 +182,45 @@ def export_candidate(candidate: Path, out: Path, frames: dict, args, threads: in
         threads=threads, progress=lambda line: print("  " + line))
 
 
-def student_rows(teacher: Path, student: Path, exported: export.ExportResult, frames: dict, speed: dict,
-                 threads: int, layers: int, max_f1_loss: float) -> list[dict]:
-    """Each student variant against the teacher's PyTorch: speed-up and the paired macro-F1
-    change on the test texts (what the A/B gate would judge when the student challenges it)."""
+def student_figures(teacher: Path, student: Path, exported: export.ExportResult, frames: dict) -> dict[str, dict]:
+    """The paired macro-F1 change of each student runtime against the teacher's PyTorch on
+    the test texts (what the A/B gate would judge when the student challenges it). Labels
+    do not depend on the thread count: computed once, one text at a time."""
     from ftops.export import parity
 
     labels = json.loads((teacher / "model" / "ftops.json").read_text())["labels"]
     y = np.array([labels.index(l) for l in frames["test"]["label"]])
     tokenizer = runtime.load_tokenizer_json(exported.out_dir / TOKENIZER_FILE)
     singles = [runtime.encode_batch(tokenizer, [t]) for t in frames["test"]["text"]]
-    teacher_run = torch_runner(teacher, threads)
-    reference = np.array([int(np.asarray(teacher_run(f)).argmax()) for f in singles])
+
+    def labels_of(run) -> np.ndarray:
+        return np.array([int(np.asarray(run(f)).argmax()) for f in singles])
+
+    reference = labels_of(torch_runner(teacher, 1))
+    runs = {"student-pytorch": (torch_runner(student, 1), "student")}
+    runs.update({f"student-{n}": (runtime.ort_runner(exported.out_dir / r.file, 1), r.status)
+                 for n, r in exported.variants.items() if r.file and r.status != export.ERROR})
+    gates = Config().gates
+    figures = {}
+    for key, (run, status) in runs.items():
+        f = parity.f1_figures(y, reference, labels_of(run), len(labels), alpha=gates.alpha)
+        figures[key] = {"status": status, "agreement": f["agreement"], "macro_f1": f["macro_f1"],
+                        "delta_macro_f1_pt": 100 * f["delta_macro_f1"],
+                        "delta_ci_low_pt": 100 * f["delta_macro_f1_ci_low"],
+                        "non_inferior": f["delta_macro_f1_ci_low"] >= -gates.max_f1_loss}
+    return figures
+
+
+def student_rows(figures: dict[str, dict], speed: dict, threads: int, layers: int) -> list[dict]:
+    """The student's runtimes at one thread count: speed-up over the teacher's PyTorch, and their F1 figures."""
     base = speed["pytorch"]["p50_ms"]
     rows = []
     print(f"\nstudent: the first {layers} layers, distilled; vs the teacher's PyTorch ({threads} thread(s))")
     print(f"{'runtime':<22}{'p50 ms':>8}{'x p50':>7}{'macro-F1':>9}{'dF1 pt':>8}{'CI low':>8}  non-inferior")
-    for name, variant in {"pytorch": None, **exported.variants}.items():
-        key = f"student-{name}"
-        if key not in speed:
-            continue
-        run = (torch_runner(student, threads) if variant is None
-               else runtime.ort_runner(exported.out_dir / variant.file, threads))
-        predicted = np.array([int(np.asarray(run(f)).argmax()) for f in singles])
-        f = parity.f1_figures(y, reference, predicted, len(labels), alpha=0.05)
-        ok = f["delta_macro_f1_ci_low"] >= -max_f1_loss
-        rows.append({"threads": threads, "runtime": key, "status": variant.status if variant else "student",
-                     **speed[key], "x_p50": base / speed[key]["p50_ms"], "agreement": f["agreement"],
-                     "macro_f1": f["macro_f1"], "delta_macro_f1_pt": 100 * f["delta_macro_f1"],
-                     "delta_ci_low_pt": 100 * f["delta_macro_f1_ci_low"], "non_inferior": ok})
+    for key, f in figures.items():
+        rows.append({"threads": threads, "runtime": key, **speed[key], "x_p50": base / speed[key]["p50_ms"], **f})
         print(f"{key:<22}{speed[key]['p50_ms']:>8.2f}{base / speed[key]['p50_ms']:>7.2f}{f['macro_f1']:>9.3f}"
-              f"{100 * f['delta_macro_f1']:>+8.2f}{100 * f['delta_macro_f1_ci_low']:>+8.2f}  {'yes' if ok else 'no'}")
+              f"{f['delta_macro_f1_pt']:>+8.2f}{f['delta_ci_low_pt']:>+8.2f}  {'yes' if f['non_inferior'] else 'no'}")
     return rows
 
 
@@ -242,9 +250,10 @@ def main() -> None:
     test = frames["test"]
     with tempfile.TemporaryDirectory() as tmp:
         result = export_candidate(candidate, Path(tmp) / "export", frames, args, max(thread_counts))
-        students = None
+        students = figures = None
         if student is not None:
             students = export_candidate(student, Path(tmp) / "student-export", frames, args, max(thread_counts))
+            figures = student_figures(candidate, student, students, frames)
         feeds = timing_feeds(result, list(test["text"]))
         speeds, rows = {}, []
         for threads in thread_counts:
@@ -258,8 +267,7 @@ def main() -> None:
             speeds[threads] = measure_speed(runners, *feeds)
             rows += print_table(result, speeds[threads], threads)
             if students is not None:
-                rows += student_rows(candidate, student, students, frames, speeds[threads], threads, args.student_layers,
-                                     Config().gates.max_f1_loss)
+                rows += student_rows(figures, speeds[threads], threads, args.student_layers)
     print("(* = selected by export; x = speed-up vs PyTorch eager at that thread count; "
           "dF1 = macro-F1 change vs PyTorch, points)")
     judged = verdict(result, speeds)

@@ -40,6 +40,7 @@ import psutil
 from ftops import export, models, train
 from ftops.config import Config
 from ftops.data import corpora
+from ftops.export import runtime
 from ftops.serve import deploy, gateway, loadtest
 from ftops.serve.deployable import Deployable
 from ftops.serve.triton import repository, server
@@ -70,27 +71,15 @@ def pin(pid: int, cores: list[int]) -> None:
 
 
 class InProcess:
-    """The same export in this process: what a user would run instead of a server."""
+    """The same export in this process, the way export times it (ftops.export.runtime: the
+    export's tokenizer.json, one onnxruntime thread): what a user would run instead of a server."""
 
     def __init__(self, model: Deployable):
-        import onnxruntime as ort
-        from tokenizers import Tokenizer
-
-        self.tokenizer = Tokenizer.from_file(str(model.tokenizer_json))
-        self.tokenizer.enable_truncation(model.max_length)
-        self.tokenizer.no_padding()
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = 1
-        self.session = ort.InferenceSession(str(model.onnx), options, providers=["CPUExecutionProvider"])
+        self.tokenizer = runtime.load_tokenizer_json(model.tokenizer_json)
+        self.run = runtime.ort_runner(model.onnx, threads=1)
 
     def classify(self, texts: list[str]) -> np.ndarray:
-        encoded = self.tokenizer.encode_batch(texts)
-        longest = max(len(e.ids) for e in encoded)
-        feed = {k: np.zeros((len(texts), longest), dtype=np.int64) for k in ("input_ids", "attention_mask", "token_type_ids")}
-        for row, e in enumerate(encoded):
-            n = len(e.ids)
-            feed["input_ids"][row, :n], feed["attention_mask"][row, :n], feed["token_type_ids"][row, :n] = e.ids, 1, e.type_ids
-        return self.session.run(["logits"], feed)[0]
+        return self.run(runtime.encode_batch(self.tokenizer, texts))
 
     def p50_ms(self, texts: list[str]) -> float:
         times = []

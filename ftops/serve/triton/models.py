@@ -245,16 +245,17 @@ def version_files(names: ModelNames, model: Deployable, cfg: ServingSection, bac
     labels = json.dumps(model.labels).encode()
     steps = backend.steps(cfg)
     tokenizer = {f"1/{TOKENIZER_FILE}": (model.tokenizer_json, model.tokenizer_sha256)}
+    text_in = TEXT_IN.read_bytes()
     models = {}
     if "tokenizer" in steps:
         models[names.tokenizer] = {"config.pbtxt": tokenizer_config(names.tokenizer, cfg, model).encode(),
                                    "1/model.py": (TEMPLATES / "tokenizer" / "model.py").read_bytes(),
-                                   "1/textin.py": TEXT_IN.read_bytes(), **tokenizer}
+                                   "1/textin.py": text_in, **tokenizer}
     models[names.classifier] = {"config.pbtxt": backend.classifier_config(names.classifier, cfg, model).encode(),
                                 f"1/{ONNX_FILE}": (model.onnx, model.onnx_sha256), f"1/{LABELS_FILE}": labels}
     if "classifier" in backend.files():  # a python classifier: it imports textin.py
         models[names.classifier].update({"1/model.py": backend.files()["classifier"].read_bytes(),
-                                         "1/textin.py": TEXT_IN.read_bytes()})
+                                         "1/textin.py": text_in})
         if steps[0] == "classifier":  # one hop: it tokenises the texts itself
             models[names.classifier].update(tokenizer)
     if "postprocess" in steps:
