@@ -11,22 +11,23 @@ Target (the guide, and the LoRA paper's GLUE table): LoRA >= 97% of full's macro
 <= 2% trainable; 99% is the mark to beat.
 
     python bench/tune.py [--corpora airline,movies] [--rows 3000] [--minutes 10]
-                         [--trials 20] [--strategies full,lora,freeze,llrd] [--json out.json]
+                         [--trials 20] [--strategies full,lora,freeze,llrd]
+
+It writes tune.json and tune.md under the results folder (bench/report.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 from ftops import data, train, tune
 from ftops.config import Config
+
+import report  # bench/report.py, beside this script
 
 CORPORA = {"airline": "builtin:tweets?domain=airline", "movies": "builtin:movies"}
 
@@ -55,35 +56,20 @@ def run_strategy(root: Path, source: str, rows: int, max_length: int, strategy: 
             "baseline_test_macro_f1": train.fit_baseline(snapshot).test_macro_f1, "counts": snapshot.counts}
 
 
-def table(corpus: str, results: dict[str, dict]) -> list[str]:
+def claim_rows(corpus: str, results: dict[str, dict]) -> list[dict]:
+    """The claim table of one corpus: each strategy beside full fine-tuning, then TF-IDF."""
     full = results.get("full")
-    lines = [f"\n{corpus}: {next(iter(results.values()))['counts']}",
-             f"{'strategy':14}{'trainable %':>12}{'test F1':>9}{'% of full':>10}{'time % of full':>15}"
-             f"{'trials ok/pruned':>18}{'train s':>9}"]
-    for name, r in results.items():
-        share = f"{100 * r['test_macro_f1'] / full['test_macro_f1']:.1f}" if full else "-"
-        time_share = f"{100 * r['train_s'] / full['train_s']:.0f}" if full else "-"
-        lines.append(f"{name:14}{100 * r['trainable_share']:>12.2f}{r['test_macro_f1']:>9.3f}{share:>10}"
-                     f"{time_share:>15}{r['complete']:>10}/{r['pruned']:<7}{r['train_s']:>9.0f}")
+    rows = [{"corpus": corpus, "strategy": name, "trainable_pct": 100 * r["trainable_share"],
+             "test_macro_f1": r["test_macro_f1"],
+             "pct_of_full_f1": 100 * r["test_macro_f1"] / full["test_macro_f1"] if full else None,
+             "pct_of_full_time": 100 * r["train_s"] / full["train_s"] if full else None,
+             "train_s": r["train_s"], "trials_complete": r["complete"], "trials_pruned": r["pruned"],
+             "best_settings": json.dumps(r["settings"], sort_keys=True, default=str)}
+            for name, r in results.items()]
     base = next(iter(results.values()))["baseline_test_macro_f1"]
-    base_share = f"{100 * base / full['test_macro_f1']:.1f}" if full else "-"
-    lines.append(f"{'tfidf':14}{'-':>12}{base:>9.3f}{base_share:>10}")
-    return lines
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as handle:
-            return next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.machine()
-
-
-def machine() -> dict:
-    flags = sorted(train.cpu_flags() & {"avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8"})
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    return {"cpu": cpu_model(), "flags": flags, "commit": commit,
-            "cores": os.cpu_count()}
+    rows.append({"corpus": corpus, "strategy": "tfidf", "test_macro_f1": base,
+                 "pct_of_full_f1": 100 * base / full["test_macro_f1"] if full else None})
+    return rows
 
 
 def main() -> None:
@@ -94,11 +80,11 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=10, help="tuning budget per strategy and corpus")
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--strategies", default="full,lora,freeze,llrd")
-    parser.add_argument("--json", type=Path, help="also write every figure here")
     args = parser.parse_args()
 
-    print(f"machine: {machine()}; budget {args.minutes} min or {args.trials} trials per strategy")
-    everything: dict[str, dict] = {}
+    print(f"machine: {report.stamp(report.machine())}; budget {args.minutes} min or {args.trials} trials "
+          "per strategy")
+    rows: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         for corpus in args.corpora.split(","):
             results = {}
@@ -106,11 +92,11 @@ def main() -> None:
                 print(f"running: {corpus} / {strategy} ...", flush=True)
                 results[strategy] = run_strategy(Path(tmp) / corpus, CORPORA[corpus], args.rows, args.max_length,
                                                  strategy, args.minutes, args.trials)
-            everything[corpus] = results
-            print("\n".join(table(corpus, results)), flush=True)
-    if args.json:
-        args.json.write_text(json.dumps({"machine": machine(), "args": vars(args) | {"json": str(args.json)},
-                                         "results": everything}, indent=2, default=str))
+            print(f"{corpus}: {next(iter(results.values()))['counts']}")
+            print(report.markdown(claim_rows(corpus, results)[-len(results) - 1:]), flush=True)
+            rows += claim_rows(corpus, results)
+    report.write("tune", rows, {k: str(v) for k, v in vars(args).items()},
+                 ["target: lora >= 97% of full's test macro-F1 with <= 2% trainable (99% the mark to beat)"])
 
 
 if __name__ == "__main__":

@@ -40,6 +40,17 @@ def test_unknown_candidate_name_lists_the_configured_ones(tiny_model):
         train.check_candidates(config_with(tiny_model), ["nope"])
 
 
+def test_a_strategy_trains_with_its_own_defaults_unless_the_candidate_sets_them(tiny_model):
+    lora = strategies.get_strategy("lora")
+    assert lora.defaults["learning_rate"] > 10 * Config.model_validate({}).candidates[1].learning_rate
+    ((plain, _),) = train.check_candidates(config_with(tiny_model, strategy="lora"))
+    assert {k: getattr(plain, k) for k in lora.defaults} == lora.defaults
+    ((own, _),) = train.check_candidates(config_with(tiny_model, strategy="lora", learning_rate=3e-4))
+    assert own.learning_rate == 3e-4
+    ((full, _),) = train.check_candidates(config_with(tiny_model, strategy="full"))
+    assert full.learning_rate == Config.model_validate({}).candidates[1].learning_rate
+
+
 def test_freeze_freezes_embeddings_and_bottom_layers(tiny_model):
     prepared = strategies.get_strategy("freeze").prepare(build(tiny_model), strategies.get_strategy("freeze").Params(layers=1), 1e-3, 0.01)
     model = prepared.model

@@ -128,11 +128,14 @@ def test_every_strategy_space_names_its_own_params_and_fits_the_model(tmp_path):
     for strategy in strategies.STRATEGIES.values():
         assert set(strategy.space) <= set(strategy.Params.model_fields), strategy.name
         assert not set(strategy.Params.model_fields) & set(tune.CANDIDATE_SPACE), strategy.name
+        assert set(strategy.candidate_space) <= set(tune.CANDIDATE_SPACE), strategy.name
     cfg = Config.model_validate({"model": {"name": "minilm-l6"}, "candidates": [
         {"name": s, "strategy": s} for s in strategies.STRATEGIES]})
     plans = {p.candidate.name: p for p in tune.check_tuning(cfg)}
     assert set(plans["lora"].space) == {*tune.CANDIDATE_SPACE, "learning_rate", "rank", "alpha", "dropout"}
     assert set(plans["full"].space) == {*tune.CANDIDATE_SPACE, "learning_rate"}
+    assert plans["lora"].space["epochs"] == strategies.get_strategy("lora").candidate_space["epochs"] \
+        != plans["full"].space["epochs"]
     # adapters and prompts search higher learning rates than the whole model
     assert plans["full"].space["learning_rate"].high < plans["lora"].space["learning_rate"].high \
         < plans["prompt_tuning"].space["learning_rate"].high
@@ -460,7 +463,8 @@ def test_the_tuning_page_lists_the_default_spaces_and_its_example_is_valid(tmp_p
             owner = match.group(1) or owner
             rows.setdefault(owner.strip("`"), set()).add(match.group(2))
     assert rows.pop("every candidate") == {*tune.CANDIDATE_SPACE, "learning_rate"}
-    assert rows == {name: set(s.space) for name, s in strategies.STRATEGIES.items() if s.space}
+    assert rows == {name: {*s.space, *s.candidate_space} for name, s in strategies.STRATEGIES.items()
+                    if s.space or s.candidate_space}
     example = yaml.safe_load(page.split("```yaml\n", 1)[1].split("```", 1)[0])
     cfg = Config.model_validate({**example, "project": {"dir": str(tmp_path)}})
     plans = {p.candidate.name: p for p in tune.check_tuning(cfg)}

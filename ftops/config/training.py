@@ -58,8 +58,9 @@ class CandidateSection(Section):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
     strategy: str = "full"
     learning_rate: float = Field(1e-4, gt=0, description=(
-        "AdamW's peak learning rate, reached at the end of the warmup (warmup_share)"))
-    epochs: float = Field(2, gt=0)
+        "AdamW's peak learning rate, reached at the end of the warmup (warmup_share); left out, the "
+        "strategy's measured default where it has one (docs/tuning.md, Defaults)"))
+    epochs: float = Field(2, gt=0, description="left out, the strategy's measured default where it has one")
     batch_size: int = Field(32, ge=1, description="global batch: split over the processes under DDP")
     gradient_accumulation: int = Field(1, ge=1)
     weight_decay: float = Field(0.01, ge=0)

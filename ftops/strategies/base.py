@@ -108,8 +108,20 @@ class Strategy:
     # The learning rates worth searching: a few trained weights on a frozen encoder (adapters,
     # prompts) move far less per step than the whole model, so they search higher.
     learning_rates: ClassVar[Dim] = Dim.real(1e-5, 1e-3, log=True)
+    # Candidate-level dimensions (epochs, batch_size, ...) this strategy searches over another
+    # range than every candidate's (`ftops.tune.space.CANDIDATE_SPACE`).
+    candidate_space: ClassVar[dict[str, Dim]] = {}
     # Whether the trained model (after `merge`) traces to ONNX as a plain encoder.
     exportable: ClassVar[bool] = True
+    # Candidate-level settings (learning_rate, epochs, ...) this strategy trains with when the
+    # candidate leaves them out, measured by `bench/tune.py`: one learning rate cannot suit a
+    # whole encoder and a few adapter weights alike.
+    defaults: ClassVar[dict[str, Any]] = {}
+
+    def with_defaults(self, candidate):
+        """`candidate` with this strategy's defaults for the settings its config does not set."""
+        missing = {k: v for k, v in self.defaults.items() if k not in candidate.model_fields_set}
+        return candidate.model_copy(update=missing) if missing else candidate
 
     def search_space(self, num_layers: int) -> dict[str, Dim]:
         """`space` for a model of `num_layers` encoder layers."""

@@ -78,6 +78,7 @@ def train_candidate(config: Config, candidate: CandidateSection, snapshot, out_d
     the result has no test metrics, the folder no test logits or confusion matrix.
     `callbacks` are extra TrainerCallbacks (e.g. a pruner), in this process only."""
 
+    candidate = strategies.get_strategy(candidate.strategy).with_defaults(candidate)
     if not distributed.is_worker():
         drop_partial_checkpoints(out_dir)
         if config.training.nproc > 1 and (callbacks or not evaluate_test):

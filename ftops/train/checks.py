@@ -20,6 +20,7 @@ def check_candidates(config: Config, names: list[str] | None = None) -> list[tup
     for candidate in chosen:
         _check_layers(candidate, hf_config.num_hidden_layers)
         strategy = strategies.get_strategy(candidate.strategy)
+        candidate = strategy.with_defaults(candidate)
         params = strategies.parse_params(candidate.name, strategy, candidate.params,
                                          candidate.layers or hf_config.num_hidden_layers)
         parsed.append((candidate, params))

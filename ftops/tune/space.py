@@ -89,7 +89,8 @@ def plan_for(config: Config, candidate: CandidateSection, num_layers: int) -> Pl
     for section, keys in (("space", overrides), ("fixed", fixed)):
         for key in keys:
             check_known(f"tuning.{section}.{candidate.name}.{key}", key, candidate.name, strategy)
-    space = {**CANDIDATE_SPACE, "learning_rate": strategy.learning_rates, **strategy.search_space(num_layers)}
+    space = {**CANDIDATE_SPACE, "learning_rate": strategy.learning_rates, **strategy.candidate_space,
+             **strategy.search_space(num_layers)}
     for key, override in overrides.items():
         space[key] = merged_dim(f"tuning.space.{candidate.name}.{key}", space.get(key), override)
     plan = Plan(candidate, {k: v for k, v in space.items() if k not in fixed}, fixed)
