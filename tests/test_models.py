@@ -28,6 +28,21 @@ def test_models_ls_lists_every_known_model():
     assert "not installed" not in result.output
 
 
+def test_strategies_lists_each_strategy_with_the_settings_it_trains_with():
+    from typer.testing import CliRunner
+
+    from ftops.cli import app
+    from ftops.strategies import STRATEGIES
+
+    result = CliRunner().invoke(app, ["strategies"])
+    assert result.exit_code == 0, result.output
+    rows = [[cell.strip() for cell in line.split("│")[1:-1]] for line in result.output.splitlines() if "│" in line]
+    assert set(STRATEGIES) <= {row[0] for row in rows}
+    lora = rows.index(next(row for row in rows if row[0] == "lora"))
+    own = "".join(row[3] for row in rows[lora:lora + 4])  # the cell, wrapped over the row's lines
+    assert "learning_rate=0.002" in own and "epochs=6" in own
+
+
 def test_unknown_name_lists_what_is_available():
     with pytest.raises(ModelError, match="Unknown model 'bert-base'.*Known: minilm-l6"):
         models.resolve_model("bert-base")

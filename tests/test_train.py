@@ -1,6 +1,5 @@
 import json
 import math
-import os
 import subprocess
 import sys
 import time
@@ -11,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ftops import train
+from ftops import strategies, train
 from ftops.config import CandidateSection, Config, DistillationSection
 from ftops.errors import ConfigError
 
@@ -130,6 +129,8 @@ def test_a_round_is_one_parent_run_with_nested_candidates(tiny_model, airline_sn
     assert {"val_macro_f1", "test_macro_f1", "samples_per_second", "wall_seconds", "peak_rss_mb",
             "trainable_share"} <= set(lora.data.metrics)
     assert lora.data.params["strategy"] == "lora" and lora.data.params["batch_size"] == "16"
+    # the candidate leaves learning_rate out: LoRA's measured default trains, and is logged
+    assert float(lora.data.params["learning_rate"]) == strategies.get_strategy("lora").defaults["learning_rate"]
     assert len(client.get_metric_history(lora.info.run_id, "loss")) >= 1  # per-step curve
     artifacts = {a.path for a in client.list_artifacts(lora.info.run_id)}
     assert {"model", "learning_curves.png", "confusion_matrix.png", "result.json"} <= artifacts

@@ -34,8 +34,11 @@ def strategies_cmd():
     """List the fine-tuning strategies and their params."""
     from ftops.strategies import STRATEGIES
 
-    table = Table("strategy", "what it does", "params (defaults)")
+    table = Table()
+    for column in ("strategy", "what it does", "params (defaults)", "trains with, unless set"):
+        table.add_column(column, overflow="fold")  # a narrow terminal wraps values, never cuts them
     for name, strategy in STRATEGIES.items():
         defaults = ", ".join(f"{k}={f.default}" for k, f in strategy.Params.model_fields.items()) or "-"
-        table.add_row(name, strategy.description, defaults)
+        own = "\n".join(f"{k}={v}" for k, v in strategy.defaults.items()) or "the candidate's defaults"
+        table.add_row(name, strategy.description, defaults, own)
     out.print(table)
