@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from ftops import models, strategies, train
-from ftops.config import Config
+from ftops.config import CandidateSection, Config
 from ftops.errors import ConfigError
 
 
@@ -41,14 +41,14 @@ def test_unknown_candidate_name_lists_the_configured_ones(tiny_model):
 
 
 def test_a_strategy_trains_with_its_own_defaults_unless_the_candidate_sets_them(tiny_model):
-    lora = strategies.get_strategy("lora")
-    assert lora.defaults["learning_rate"] > 10 * Config.model_validate({}).candidates[1].learning_rate
+    lora, shared = strategies.get_strategy("lora"), CandidateSection.model_fields["learning_rate"].default
+    assert lora.defaults["learning_rate"] > 10 * shared
     ((plain, _),) = train.check_candidates(config_with(tiny_model, strategy="lora"))
     assert {k: getattr(plain, k) for k in lora.defaults} == lora.defaults
     ((own, _),) = train.check_candidates(config_with(tiny_model, strategy="lora", learning_rate=3e-4))
     assert own.learning_rate == 3e-4
     ((full, _),) = train.check_candidates(config_with(tiny_model, strategy="full"))
-    assert full.learning_rate == Config.model_validate({}).candidates[1].learning_rate
+    assert full.learning_rate == shared
 
 
 def test_freeze_freezes_embeddings_and_bottom_layers(tiny_model):

@@ -31,7 +31,7 @@ def models_ls():
 
 @app.command("strategies")
 def strategies_cmd():
-    """List the fine-tuning strategies and their params."""
+    """List the fine-tuning strategies, their params and the settings each trains with unless set."""
     from ftops.strategies import STRATEGIES
 
     table = Table()

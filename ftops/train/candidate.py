@@ -78,7 +78,8 @@ def train_candidate(config: Config, candidate: CandidateSection, snapshot, out_d
     the result has no test metrics, the folder no test logits or confusion matrix.
     `callbacks` are extra TrainerCallbacks (e.g. a pruner), in this process only."""
 
-    candidate = strategies.get_strategy(candidate.strategy).with_defaults(candidate)
+    # checked (and given its strategy's defaults) before anything runs, DDP launch included
+    (candidate, params), = check_candidates(config.model_copy(update={"candidates": [candidate]}), None)
     if not distributed.is_worker():
         drop_partial_checkpoints(out_dir)
         if config.training.nproc > 1 and (callbacks or not evaluate_test):
@@ -89,7 +90,6 @@ def train_candidate(config: Config, candidate: CandidateSection, snapshot, out_d
             return distributed.launch(config, candidate, snapshot, out_dir, retrain, progress)
     retrain = retrain or RetrainSources()
     strategy = strategies.get_strategy(candidate.strategy)
-    (_, params), = check_candidates(config.model_copy(update={"candidates": [candidate]}), None)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(candidate.seed)
 
