@@ -63,7 +63,8 @@ def claim_rows(corpus: str, results: dict[str, dict]) -> list[dict]:
              "test_macro_f1": r["test_macro_f1"],
              "pct_of_full_f1": 100 * r["test_macro_f1"] / full["test_macro_f1"] if full else None,
              "pct_of_full_time": 100 * r["train_s"] / full["train_s"] if full else None,
-             "train_s": r["train_s"], "trials_complete": r["complete"], "trials_pruned": r["pruned"],
+             "train_s": r["train_s"], "study_min": r["tuning_s"] / 60, "trials_complete": r["complete"],
+             "trials_pruned": r["pruned"],
              "best_settings": json.dumps(r["settings"], sort_keys=True, default=str)}
             for name, r in results.items()]
     base = next(iter(results.values()))["baseline_test_macro_f1"]

@@ -116,7 +116,9 @@ def train_candidates(config_path: str | None, snapshot_id: str, parent_version: 
     if parent_version is not None:
         champion_dir = registry.download(config, parent_version)
         old = data.load_snapshot(data.snapshot_root(config), registry.get(config, parent_version).tags[names.TAG_SNAPSHOT])
-        retrain = train.RetrainSources(teacher_dir=champion_dir, old_train=old.split("train"))
+        # A TF-IDF champion teaches nothing a transformer can distil from or start from.
+        teacher = None if train.is_baseline(champion_dir) else champion_dir
+        retrain = train.RetrainSources(teacher_dir=teacher, old_train=old.split("train"))
     def progress_for(name: str):
         def report(step: int, total: int, metrics: dict) -> None:
             if "eval_macro_f1" in metrics:
@@ -137,13 +139,17 @@ def train_candidates(config_path: str | None, snapshot_id: str, parent_version: 
     print(f"best candidate {best.candidate}: val macro-F1 {best.val_macro_f1:.3f}; baseline test "
           f"macro-F1 {result.baseline.test_macro_f1:.3f}")
     return {"round_run_id": result.run_id, "best": best.candidate, "best_run_id": run_id,
-            "candidates": table, "baseline_test_macro_f1": result.baseline.test_macro_f1}
+            "candidates": table, "baseline_test_macro_f1": result.baseline.test_macro_f1,
+            "baseline_run_id": result.baseline.run_id}
 
 
 @flow(name="evaluate_and_decide", log_prints=True, timeout_seconds=3600)
-def evaluate_and_decide(config_path: str | None, snapshot_id: str, run_id: str) -> dict:
+def evaluate_and_decide(config_path: str | None, snapshot_id: str, run_id: str,
+                        baseline_run_id: str | None = None) -> dict:
     """Register the best candidate as challenger and A/B it against the champion on the same
-    test rows. The champion alias is not moved here: serving gates decide that."""
+    test rows. The champion alias is not moved here: serving gates decide that. With no
+    champion and a candidate that does not beat the round's TF-IDF baseline, the baseline
+    becomes the challenger (gates.baseline_serves): `run_id` in the result says which."""
     from ftops import decide
 
     config = _config(config_path)
@@ -151,10 +157,15 @@ def evaluate_and_decide(config_path: str | None, snapshot_id: str, run_id: str) 
     protected = ["source"] if "source" in snapshot.split("test") else None
     decision, version = decide.decide(config, snapshot, run_id, protected=protected, promote=False)
     print(decision.summary)
+    served = decide.serve_baseline(config, decision, version, baseline_run_id)
+    if served is not None:
+        decision, version = served
+        run_id = baseline_run_id
+        print(decision.summary)
     rules = [{"name": r.name, "passed": bool(r.passed), "value": _number(r.value), "threshold": _number(r.threshold),
               "detail": r.detail} for r in decision.rules]
     return {"outcome": decision.outcome, "summary": decision.summary, "version": version.version,
-            "mode": decision.mode, "reference": decision.reference, "rules": rules,
+            "run_id": run_id, "served": "baseline" if served is not None else "candidate", "mode": decision.mode, "reference": decision.reference, "rules": rules,
             "failed_rules": [r["name"] for r in rules if not r["passed"]],
             "metrics": {k: (v or {}).get("macro_f1") for k, v in decision.metrics.items()},
             "slices": {k: v.get("delta") for k, v in decision.slices.items()},
@@ -286,7 +297,8 @@ def lifecycle(config_path: str | None = None, reason: str = "manual"):
     # Keyed by this run: a retry of the lifecycle resumes its round instead of training anew.
     trained = train_candidates(config_path, prepared["snapshot"], prepared.get("parent_version"),
                                resume_key=flow_run.id)
-    decided = evaluate_and_decide(config_path, prepared["snapshot"], trained["best_run_id"])
+    decided = evaluate_and_decide(config_path, prepared["snapshot"], trained["best_run_id"],
+                                  trained.get("baseline_run_id"))
     summary = {"reason": reason, "data": prepared, "train": trained, "decision": decided}
     if tuned is not None:
         summary["tune"] = tuned
@@ -294,7 +306,7 @@ def lifecycle(config_path: str | None = None, reason: str = "manual"):
         summary["online"] = stage_online(config, decided["version"], prepared["snapshot"])
     elif decided["outcome"] == "promote":
         summary["deploy"] = export_and_deploy(config_path, decided["version"], prepared["snapshot"],
-                                              trained["best_run_id"])
+                                              decided["run_id"])
     return finish(config, summary, flow_run.id)
 
 

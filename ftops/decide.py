@@ -19,6 +19,8 @@ from ftops import evaluate, registry, strategies
 from ftops.artifacts.batches import batched_forward
 from ftops.config import Config
 from ftops.errors import FtopsError
+from ftops.names import BASELINE_FILE
+from ftops.train.baseline import BaselineModel, is_baseline, load_baseline
 
 LATENCY_TEXTS = 200
 
@@ -35,7 +37,7 @@ class ModelRef:
 def resolve(config: Config, ref: str) -> ModelRef:
     """`champion` / `challenger` / `previous`, `3` / `v3`, or a trained candidate folder."""
     path = Path(ref).expanduser()
-    if (path / "model" / "ftops.json").is_file():
+    if (path / "model" / "ftops.json").is_file() or is_baseline(path):
         return ModelRef(ref, path, None)
     if (path / "ftops.json").is_file():
         return ModelRef(ref, path.parent, None)
@@ -47,8 +49,12 @@ def resolve(config: Config, ref: str) -> ModelRef:
 
 
 def load(ref: ModelRef):
+    """(model, tokenizer, labels); a TF-IDF baseline comes back as (BaselineModel, None, labels)."""
     from ftops.artifacts.candidate import load_trained
 
+    if is_baseline(ref.folder):
+        baseline = load_baseline(ref.folder)
+        return baseline, None, baseline.labels
     model, tokenizer, labels = load_trained(ref.folder)
     model = strategies.holding(model).merge(model)  # faster inference; same function
     return model.eval(), tokenizer, labels
@@ -56,8 +62,15 @@ def load(ref: ModelRef):
 
 def predict(model, tokenizer, labels: list[str], frame: pd.DataFrame, max_length: int,
             batch_size: int = 64) -> evaluate.Predictions:
-    """Softmax probabilities in fp32, batches sorted by length (less padding, same result)."""
+    """Softmax probabilities in fp32, batches sorted by length (less padding, same result);
+    a baseline's (tokenizer None) are scikit-learn's own."""
     import torch
+
+    label2id = {label: i for i, label in enumerate(labels)}
+    y_true = frame["label"].map(label2id).to_numpy()
+    if tokenizer is None:
+        probs = model.probs(list(frame["text"])).astype(np.float64)
+        return evaluate.Predictions(labels, y_true, probs, frame.reset_index(drop=True))
 
     def forward(chunk: list[str]) -> np.ndarray:
         batch = tokenizer(chunk, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
@@ -65,8 +78,6 @@ def predict(model, tokenizer, labels: list[str], frame: pd.DataFrame, max_length
 
     with torch.inference_mode():
         probs = batched_forward(list(frame["text"]), batch_size, forward, dtype=np.float64, columns=len(labels))
-    label2id = {label: i for i, label in enumerate(labels)}
-    y_true = frame["label"].map(label2id).to_numpy()
     return evaluate.Predictions(labels, y_true, probs, frame.reset_index(drop=True))
 
 
@@ -77,12 +88,24 @@ def latency(models: dict[str, tuple], texts: list[str], max_length: int) -> dict
 
     from ftops.artifacts import timing
 
-    runners = {name: lambda text, model=model, tokenizer=tokenizer: model(
-        **tokenizer([text], truncation=True, max_length=max_length, return_tensors="pt"))
-        for name, (model, tokenizer) in models.items()}
+    def runner(model, tokenizer):
+        if tokenizer is None:
+            return lambda text: model.probs([text])
+        return lambda text: model(**tokenizer([text], truncation=True, max_length=max_length, return_tensors="pt"))
+
+    runners = {name: runner(model, tokenizer) for name, (model, tokenizer) in models.items()}
     with torch.inference_mode():
         seconds = timing.interleaved(runners, texts, warmup=5)
-    return {name: {**timing.percentiles_ms(s), "n": len(s), "runtime": "pytorch"} for name, s in seconds.items()}
+    return {name: {**timing.percentiles_ms(s), "n": len(s),
+                   "runtime": "pytorch" if models[name][1] is not None else "scikit-learn"}
+            for name, s in seconds.items()}
+
+
+def size(model) -> float:
+    """Parameters: a transformer's weights, a baseline's coefficients."""
+    if isinstance(model, BaselineModel):
+        return float(model.n_params)
+    return float(sum(w.numel() for w in model.parameters()))
 
 
 def baseline_predictions(snapshot, frame: pd.DataFrame) -> evaluate.Predictions:
@@ -114,7 +137,7 @@ def compare_refs(config: Config, snapshot, challenger: ModelRef, champion: Model
     timed = latency({n: (m, t) for n, (m, t, _) in loaded.items()}, texts, max_length)
     decision = evaluate.compare(preds["challenger"], preds.get("champion"), config.gates,
                                 protected=protected, baseline=base,
-                                costs={name: {"p50_ms": timed[name]["p50_ms"], "params": float(sum(w.numel() for w in model.parameters()))}
+                                costs={name: {"p50_ms": timed[name]["p50_ms"], "params": size(model)}
                                        for name, (model, _, _) in loaded.items()})
     decision.context.update({
         "snapshot": snapshot.id,
@@ -157,6 +180,24 @@ def decide(config: Config, snapshot, run_id: str, protected: list[str] | None = 
     record(config, decision, run_id, version.version)
     if promote and decision.outcome == "promote":
         version = registry.promote(config, version.version)
+    return decision, version
+
+
+def serve_baseline(config: Config, rejected: evaluate.Decision, candidate: registry.Version,
+                   baseline_run_id: str | None) -> tuple[evaluate.Decision, registry.Version] | None:
+    """No champion, and the best candidate did not beat the TF-IDF baseline: register the
+    round's baseline as the challenger instead (gates.baseline_serves), so the lifecycle
+    still ends with the best model it found serving. None when that does not apply."""
+    decision = evaluate.baseline_serves(rejected, f"v{candidate.version}")
+    if decision is None or not config.gates.baseline_serves or baseline_run_id is None:
+        return None
+    logged = {f.path for f in registry.client(config).list_artifacts(baseline_run_id, "model")}
+    if f"model/{BASELINE_FILE}" not in logged:
+        raise FtopsError(f"The baseline run {baseline_run_id} has no model/{BASELINE_FILE} (a round of an older "
+                         "ftops): it cannot be served. Train a new round, or set gates.baseline_serves: false.")
+    version = registry.register(config, baseline_run_id)
+    registry.set_alias(config, registry.CHALLENGER, version.version)
+    record(config, decision, baseline_run_id, version.version)
     return decision, version
 
 

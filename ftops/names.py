@@ -54,6 +54,7 @@ TAG_ONLINE_EXPERIMENT = "ftops.online_experiment"
 # The candidate folder (what training writes, what every later stage reads).
 MODEL_DIR = "model"
 META_FILE = "ftops.json"
+BASELINE_FILE = "baseline.json"   # beside the TF-IDF baseline's MLflow model: its labels, in id order
 
 # The export folder (what export writes, what serving reads).
 EXPORT_FORMAT = "ftops.export/1"
@@ -64,6 +65,7 @@ CARD_FILE = "model_card.md"
 VOCAB_FILE = "vocab.txt"
 OUTPUT_NAME = "logits"
 TOKENIZER_FILE = "tokenizer.json"     # the fast tokenizer serving encodes with
+TEXT_INPUT = "text"                   # the input of an ONNX model that takes raw text (the baseline)
 
 # The Prefect deployment of the lifecycle (flow/deployment): `ftops run` and the demo start it.
 LIFECYCLE_DEPLOYMENT = "lifecycle/lifecycle"

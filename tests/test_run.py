@@ -17,6 +17,7 @@ from rich.console import Console
 
 from ftops import procs, run as runs, services
 from ftops.config import Config, load_config
+from ftops.serve.triton import server as triton
 from ftops.serve.triton.server import free_port
 
 
@@ -42,6 +43,7 @@ DEPLOYED = {"gate": "deploy", "outcome": "promoted", "reason": "p99 12.3 ms <= 2
 SUMMARIES = {
     "promoted": {"data": DATA, "train": TRAIN, "decision": PROMOTE, "deploy": DEPLOYED},
     "rejected at A/B": {"data": DATA, "train": TRAIN, "decision": REJECT},
+    "baseline serves": {"data": DATA, "train": TRAIN, "decision": {**PROMOTE, "served": "baseline"}, "deploy": DEPLOYED},
     "rejected at export": {"data": DATA, "train": TRAIN, "decision": PROMOTE,
                            "deploy": {"gate": "export", "outcome": "rejected", "variants": VARIANTS,
                                       "reason": "export: no variant within parity_atol"}},
@@ -66,6 +68,8 @@ def printed(result: runs.Finished) -> str:
 @pytest.mark.parametrize("case, name, gate, line", [
     ("promoted", runs.PROMOTED, None, "PROMOTED: v2 serves as champion (int8)"),
     ("rejected at A/B", runs.REJECTED_AB, "A/B", "REJECTED at the A/B gate: challenger macro-F1 0.7000"),
+    ("baseline serves", runs.PROMOTED, None,
+     "PROMOTED: v2 serves as champion (int8, the TF-IDF baseline: no candidate beat it)"),
     ("rejected at export", runs.REJECTED_EXPORT, "export", "REJECTED at the export gate: no variant within parity"),
     ("rejected at deploy", runs.REJECTED_DEPLOY, "deploy", "REJECTED at the deploy gate: load test: p99 410.0 ms"),
 ])
@@ -271,27 +275,34 @@ def test_ftops_run_in_process_shows_progress_summary_and_the_outcome(project, ti
     env = {**os.environ, "COLUMNS": "250", "HF_HUB_OFFLINE": "1"}
     env.pop("FTOPS_CONFIG", None)
     started = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "ftops", "run", "-c", path, "--in-process", "--reason", "test"],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=280)
+    try:
+        done = subprocess.run([sys.executable, "-m", "ftops", "run", "-c", path, "--in-process", "--reason", "test"],
+                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=280)
+    finally:
+        triton.stop(cfg)  # the baseline was deployed: the run started the project's Triton
+    assert triton.status(cfg) is None
     terminal = done.stdout + done.stderr
     assert done.returncode == 0, terminal[-4000:]
     assert "in-process (--in-process)" in terminal
-    for progress in ("reconcile:", "best candidate full: val macro-F1", "reject: challenger macro-F1"):
+    # 4 steps of a random tiny BERT lose to TF-IDF (1.0 on these tickets): the baseline serves
+    for progress in ("reconcile:", "best candidate full: val macro-F1", "reject: challenger macro-F1",
+                     "vs baseline 1.0000", "promote: the TF-IDF baseline (macro-F1 1.0000) serves"):
         assert progress in terminal, f"{progress!r} not shown:\n{terminal[-4000:]}"
-    assert "REJECTED at the A/B gate: challenger macro-F1" in done.stdout and "vs baseline 1.0000" in done.stdout
-    assert "nothing serves yet" in done.stdout
-    assert "best full: val macro-F1" in done.stdout and "not reached (the A/B gate refused)" in done.stdout
+    assert "PROMOTED: v2 serves as champion (fp32, the TF-IDF baseline: no candidate beat it)" in done.stdout
+    assert "best full: val macro-F1" in done.stdout and "the TF-IDF baseline serves: no candidate beat it" in done.stdout
 
     (summary_path,) = (cfg.resolved().project.dir / "runs").glob("lifecycle-*.json")
     run_id = summary_path.stem.removeprefix("lifecycle-")
     summary = runs.load_summary(cfg, run_id)
-    assert summary["reason"] == "test" and summary["outcome"] == runs.REJECTED_AB
+    assert summary["reason"] == "test" and summary["outcome"] == runs.PROMOTED
+    assert summary["decision"]["run_id"] == summary["train"]["baseline_run_id"]
+    assert summary["deploy"]["variants"]["fp32"]["max_abs_diff"] <= cfg.gates.parity_atol
     assert f"runs/flow-run/{run_id}" in done.stdout
     with runs.prefect_api(cfg, path, cfg.uris.prefect_api), get_client(sync_client=True) as client:
         state = client.read_flow_run(run_id).state
         (page,) = client.read_artifacts(artifact_filter=ArtifactFilter(
             key=ArtifactFilterKey(any_=[runs.artifact_key(cfg)])))
-    assert (state.type.value, state.name) == ("COMPLETED", runs.REJECTED_AB)  # green, named, in the UI
+    assert (state.type.value, state.name) == ("COMPLETED", runs.PROMOTED)  # green, named, in the UI
     assert str(page.flow_run_id) == run_id
-    assert "# Lifecycle: Rejected at A/B" in page.data and "| A/B | reject v1" in page.data
+    assert "# Lifecycle: Promoted" in page.data and "| A/B | promote v2 (the TF-IDF baseline serves" in page.data
     print(f"ftops run --in-process: {time.monotonic() - started:.0f} s")

@@ -370,3 +370,30 @@ def test_a_strategy_in_its_own_file_trains_exports_and_serves(project, tiny_mode
     with TritonClient(info.grpc_url) as client:
         served = np.array([p.probs for p in client.classify(TEXTS[:16], deploy.champion_model(cfg))])
     assert np.abs(served - expected).max() <= 1e-4
+
+
+def test_the_tfidf_baseline_serves_through_triton_as_scikit_learn_answers(project, airline_snapshot, tmp_path):
+    """A graph that takes the text itself: one step even with serving.one_hop false, its
+    answers those of the scikit-learn pipeline, alone, batched and for bad input."""
+    from ftops.export.baseline import export_baseline
+    from ftops.train.baseline import fit_baseline, load_baseline, save_baseline
+
+    cfg, info = project
+    save_baseline(fit_baseline(airline_snapshot), airline_snapshot.labels, tmp_path / "baseline")
+    test = airline_snapshot.split("test")
+    exported = export_baseline(tmp_path / "baseline", tmp_path / "export", parity_texts=list(test["text"]),
+                               parity_labels=[airline_snapshot.labels.index(label) for label in test["label"]])
+    assert exported.selected == "fp32", exported.selection_reason
+    two_hop = cfg.model_copy(update={"serving": cfg.serving.model_copy(update={"one_hop": False})})
+    deployed = deploy.deploy(two_hop, tmp_path / "export", TEXTS)
+    assert deployed.outcome == "promoted", deployed.reason
+    name = deploy.champion_model(cfg)
+    assert repository.steps(Path(info.repository), models.ModelNames.of(name)) == [f"{name}-classifier"]
+    expected = load_baseline(tmp_path / "baseline").probs(TEXTS)
+    with TritonClient(info.grpc_url) as client:
+        for batch_size in (1, 16):
+            served = client.classify(TEXTS, name, batch_size=batch_size)
+            assert np.abs(np.array([p.probs for p in served]) - expected).max() <= 1e-5, batch_size
+            assert [p.label for p in served] == [airline_snapshot.labels[i] for i in expected.argmax(1)]
+        with pytest.raises(ServingError, match="text 0 is empty"):
+            client.classify(["  "], name)

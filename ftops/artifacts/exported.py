@@ -12,7 +12,8 @@ Layout (paths relative to the folder):
     <variant>/model.onnx   one folder per built variant
 
 Every model.onnx takes input_ids / attention_mask / token_type_ids (int64, [batch, sequence])
-and returns `logits` (float32, [batch, labels]). The manifest is written last and lists the
+and returns `logits` (float32, [batch, labels]); the TF-IDF baseline's takes raw text instead
+(`text`, string, [batch, 1]) and has no tokenizer files. The manifest is written last and lists the
 sha256 of every other file, so a reader can hold each file to what the export wrote.
 """
 
@@ -26,8 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from ftops import atomic
-from ftops.names import (EXPORT_FORMAT, LABELS_FILE, MANIFEST_FILE, MODEL_DIR, OUTPUT_NAME, TOKENIZER_FILE,
-                         VOCAB_FILE)
+from ftops.names import (EXPORT_FORMAT, LABELS_FILE, MANIFEST_FILE, MODEL_DIR, OUTPUT_NAME, TEXT_INPUT,
+                         TOKENIZER_FILE, VOCAB_FILE)
 
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 OPSET = 17
@@ -78,6 +79,11 @@ def pad_id(tokenizer_json: Path) -> int:
 
 def interface(out_dir: Path, labels: list[str], max_length: int) -> dict[str, Any]:
     """The manifest's description of how to feed the folder's models and read their answers."""
+    outputs = [{"name": OUTPUT_NAME, "dtype": "float32", "shape": ["batch", len(labels)]}]
+    if not (out_dir / TOKENIZER_FILE).is_file():  # raw text in: the baseline
+        return {"labels": labels, "labels_file": LABELS_FILE, "max_length": max_length, "tokenizer": None,
+                "inputs": [{"name": TEXT_INPUT, "dtype": "string", "shape": ["batch", 1]}],
+                "outputs": outputs, "opset": OPSET}
     return {
         "labels": labels,
         "labels_file": LABELS_FILE,
@@ -86,7 +92,7 @@ def interface(out_dir: Path, labels: list[str], max_length: int) -> dict[str, An
                       "files": [n for n in (*TOKENIZER_FILES, VOCAB_FILE) if (out_dir / n).is_file()]},
         "pad_id": pad_id(out_dir / TOKENIZER_FILE),
         "inputs": [{"name": n, "dtype": "int64", "shape": ["batch", "sequence"]} for n in INPUT_NAMES],
-        "outputs": [{"name": OUTPUT_NAME, "dtype": "float32", "shape": ["batch", len(labels)]}],
+        "outputs": outputs,
         "opset": OPSET,
     }
 

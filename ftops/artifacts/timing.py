@@ -44,7 +44,7 @@ def measure_speed(runners: dict[str, Callable[[dict[str, np.ndarray]], Any]], si
     same feeds, interleaved."""
     single = interleaved(runners, singles, WARMUP)
     batch = interleaved(runners, batches)
-    rows = sum(len(f["input_ids"]) for f in batches)
+    rows = sum(len(next(iter(f.values()))) for f in batches)  # rows of the first input
     speed = {}
     for name in runners:
         busy = sum(batch[name])

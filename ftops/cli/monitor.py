@@ -40,7 +40,10 @@ def monitor_check(
         from ftops import decide
 
         model, tokenizer, _ = decide.load(decide.resolve(cfg, names.CHAMPION))
-        embed = monitor.embedder(model, tokenizer, cfg.model.max_length)
+        if tokenizer is None:
+            out.print("[yellow]the champion is the TF-IDF baseline: it has no embeddings, so --embeddings is ignored[/]")
+        else:
+            embed = monitor.embedder(model, tokenizer, cfg.model.max_length)
     print_check(monitor.check(cfg, embed=embed))
 
 

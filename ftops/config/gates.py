@@ -18,6 +18,9 @@ class GatesSection(Section):
     noninferiority_margin: float = Field(0.01, ge=0, le=1, description=(
         "macro-F1 a cheaper challenger may lose at most: the lower end of the paired bootstrap CI must be above -margin"))
     alpha: float = Field(0.05, gt=0, lt=1)
+    baseline_serves: bool = Field(True, description=(
+        "when there is no champion and the best candidate does not beat the TF-IDF baseline, the baseline is "
+        "registered and deployed (same export and serving gates) and serves until a challenger beats it"))
     slice_tolerance: float = Field(0.02, ge=0, le=1)
     parity_atol: float = Field(1e-4, gt=0)
     p99_ms: float = Field(100.0, gt=0)

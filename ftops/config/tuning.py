@@ -37,7 +37,9 @@ class PrunerSection(Section):
     kind: Literal["median", "none"] = Field("median", description=(
         "median: stop a trial whose val macro-F1 at an evaluation is below the median of the earlier "
         "trials' at the same evaluation (Optuna's MedianPruner); none: every trial runs to its end"))
-    startup_trials: int = Field(5, ge=0, description="trials that run to their end before any is pruned")
+    # 2, not Optuna's 5: on 2 CPUs a trial of 3,000 rows takes 1-4 minutes, and 5 start-up
+    # trials used a whole 9-minute budget with nothing pruned (bench/tune.py).
+    startup_trials: int = Field(2, ge=0, description="trials that run to their end before any is pruned")
     warmup_evals: int = Field(1, ge=0, description="evaluations of each trial before it may be pruned")
 
 

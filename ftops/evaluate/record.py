@@ -28,7 +28,7 @@ class Rule:
 @dataclass
 class Decision:
     outcome: str  # "promote" | "reject"
-    mode: str  # "champion" | "no-champion-yet"
+    mode: str  # "champion" | "no-champion-yet" | "baseline-serves"
     summary: str
     rules: list[Rule]
     metrics: dict[str, dict | None]  # challenger, champion, baseline

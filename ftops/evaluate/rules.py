@@ -65,6 +65,25 @@ def compare(challenger: Predictions, champion: Predictions | None, gates: GatesS
     return Decision(outcome, mode, summary, rules, scores, deltas, reference, boot, mc, context=context)
 
 
+def baseline_serves(rejected: Decision, candidate: str) -> Decision | None:
+    """The record of the TF-IDF baseline taking the first model's place: `rejected` is the
+    decision that found no champion and a best candidate (`candidate`) not beating the
+    baseline. Its tests are read from the baseline's side (delta = candidate - baseline)."""
+    f1 = {k: v["macro_f1"] for k, v in rejected.metrics.items() if v is not None}
+    if rejected.outcome != "reject" or rejected.mode != "no-champion-yet" or "baseline" not in f1:
+        return None
+    boot = rejected.bootstrap
+    detail = (f"no champion, and the best candidate ({candidate}, macro-F1 {f1['challenger']:.4f}) does not beat the "
+              f"TF-IDF baseline ({f1['baseline']:.4f}; candidate - baseline {boot.delta:+.4f}, CI "
+              f"[{boot.ci_low:+.4f}, {boot.ci_high:+.4f}]): the baseline serves until a challenger beats it "
+              "(gates.baseline_serves)")
+    rule = Rule("baseline_serves", True, f1["baseline"] - f1["challenger"], 0.0, detail)
+    summary = (f"promote: the TF-IDF baseline (macro-F1 {f1['baseline']:.4f}) serves; the best candidate "
+               f"{candidate} ({f1['challenger']:.4f}) did not beat it (McNemar p={rejected.mcnemar.p_value:.3g})")
+    return Decision("promote", "baseline-serves", summary, [rule], rejected.metrics, {}, "challenger",
+                    boot, rejected.mcnemar, context={**rejected.context, "candidate": candidate})
+
+
 def rows_by_source(frame: pd.DataFrame) -> dict[str, int]:
     """Evaluation rows per `source` (original / feedback), so the record shows what the gate
     measured on; rows without a source column count as original."""

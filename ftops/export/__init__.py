@@ -5,6 +5,7 @@ export folder serving reads (its format: ftops.artifacts.exported).
     stage.py     export_model: the stage end to end
     versions.py  export_ref / export_version: a resolved model or registry version + a snapshot
     source.py    the trained model loaded as trained, merged for ONNX, exported to fp32
+    baseline.py  the TF-IDF baseline: skl2onnx, a graph that takes text, gated against scikit-learn
     variants.py  the registry of variant builders (optimized, int8, fp16, bf16) and building them
     runtime.py   tokenizer.json encoding and onnxruntime sessions, as serving runs a variant
     parity.py    the PyTorch reference, the parity and batch-invariance rules, the verdict

@@ -12,7 +12,7 @@ from ftops.config import GatesSection
 from ftops.export.results import ExportError, ExportResult, VariantReport
 from ftops.export.runtime import BATCH_SIZE, PROVIDERS
 from ftops.export.select import OBJECTIVE
-from ftops.names import CARD_FILE, MANIFEST_FILE
+from ftops.names import CARD_FILE, MANIFEST_FILE, TOKENIZER_FILE
 
 
 def write_manifest(result: ExportResult, gates: GatesSection, threads: int) -> dict[str, Any]:
@@ -62,6 +62,15 @@ def figure_text(report: VariantReport) -> dict[str, str]:
             "batch_label_agreement": fmt("batch_label_agreement", ".3f")}
 
 
+def inputs_text(result: ExportResult) -> str:
+    outputs = f"logits (float32, [batch, {len(result.labels)}])"
+    if not (result.out_dir / TOKENIZER_FILE).is_file():
+        return (f"text (string, [batch, 1]) -> {outputs}: the log of the TF-IDF baseline's probabilities "
+                "(softmax gives them back). The graph tokenises the text itself.")
+    return (f"input_ids, attention_mask, token_type_ids (int64, [batch, sequence]) -> {outputs}. Tokenize with "
+            f"tokenizer.json (truncation at {result.max_length} tokens, padding to the longest text of the batch).")
+
+
 def write_model_card(result: ExportResult) -> None:
     source = "\n".join(f"- {k}: {v}" for k, v in result.source.items()) or "- (not given)"
     rows = []
@@ -81,12 +90,10 @@ def write_model_card(result: ExportResult) -> None:
 {", ".join(f"{i}: {label}" for i, label in enumerate(result.labels))}
 
 ## Inputs and outputs
-input_ids, attention_mask, token_type_ids (int64, [batch, sequence]) -> logits (float32,
-[batch, {len(result.labels)}]). Tokenize with tokenizer.json (truncation at {result.max_length}
-tokens, padding to the longest text of the batch).
+{inputs_text(result)}
 
 ## Variants
-PyTorch fp32 reference: macro-F1 {result.reference.get('macro_f1', float('nan')):.4f} on
+{'scikit-learn' if result.source.get('kind') == 'baseline' else 'PyTorch fp32'} reference: macro-F1 {result.reference.get('macro_f1', float('nan')):.4f} on
 {result.reference.get('n_texts')} held-out texts. Latency is batch 1 (ms); throughput batch 32.
 
 | variant | MB | p50 ms | p99 ms | samples/s | max diff | agreement | delta F1 | status | reason |

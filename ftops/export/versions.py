@@ -12,7 +12,7 @@ import pandas as pd
 
 from ftops.export.results import ExportError, ExportResult
 from ftops.export.stage import export_model
-from ftops.names import META_FILE, MODEL_DIR
+from ftops.names import BASELINE_FILE, META_FILE, MODEL_DIR
 
 
 def export_ref(config, ref, snapshot, out_dir: Path | None = None,
@@ -20,8 +20,11 @@ def export_ref(config, ref, snapshot, out_dir: Path | None = None,
     """Export a resolved model (ftops.decide.ModelRef) with the snapshot's texts:
     calibration from its train split, the parity gate on its validation + test rows."""
     from ftops import registry
+    from ftops.train.baseline import is_baseline
 
-    labels = json.loads((ref.folder / MODEL_DIR / META_FILE).read_text())["labels"]
+    baseline = is_baseline(ref.folder)
+    meta = ref.folder / MODEL_DIR / (BASELINE_FILE if baseline else META_FILE)
+    labels = json.loads(meta.read_text())["labels"]
     if labels != snapshot.labels:
         raise ExportError(f"Model '{ref.label}' predicts labels {labels} but snapshot {snapshot.id} has "
                           f"{snapshot.labels}: the parity gate needs the model's own label set. "
@@ -43,9 +46,15 @@ def export_ref(config, ref, snapshot, out_dir: Path | None = None,
     manifest = json.loads((snapshot.path / "manifest.json").read_text())
     source = {"model": ref.label, "folder": str(ref.folder), "registry_version": ref.version, "run_id": run_id,
               "snapshot": snapshot.id, "data_sha256": manifest.get("sha256"), "metrics": metrics}
+    parity_texts, parity_labels = list(held_out["text"]), [label2id[l] for l in held_out["label"]]
+    if baseline:
+        from ftops.export.baseline import export_baseline
+
+        return export_baseline(ref.folder, target, parity_texts=parity_texts, parity_labels=parity_labels,
+                               gates=config.gates, source=source, run_id=run_id, progress=progress)
     calibration = list(train_texts.sample(n=min(200, len(train_texts)), random_state=config.data.seed))
     return export_model(ref.folder, target, calibration, config.model.max_length,
-                        parity_texts=list(held_out["text"]), parity_labels=[label2id[l] for l in held_out["label"]],
+                        parity_texts=parity_texts, parity_labels=parity_labels,
                         gates=config.gates, source=source, run_id=run_id, progress=progress)
 
 

@@ -56,11 +56,14 @@ def embedder(model, tokenizer, max_length: int, batch_size: int = 64) -> Embedde
 def build_reference(model, tokenizer, labels: list[str], frame: pd.DataFrame, max_length: int,
                     embedding_sample: int = 200, seed: int = SEED) -> pd.DataFrame:
     """The champion's predictions on its validation split, with pooled embeddings for a
-    sample of rows (embedding drift is checked on a sample, so only a sample is kept)."""
+    sample of rows (embedding drift is checked on a sample, so only a sample is kept). A
+    TF-IDF champion (tokenizer None) has no embeddings: its drift is read from the rest."""
     from ftops import decide
 
     pred = decide.predict(model, tokenizer, labels, frame, max_length)
     reference = predictions_frame(frame[TEXT], pred.probs, labels, frame[LABEL])
+    if tokenizer is None:
+        return reference.reset_index(drop=True)
     return add_embeddings(reference, embedder(model, tokenizer, max_length), embedding_sample, seed)
 
 

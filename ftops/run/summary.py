@@ -51,8 +51,9 @@ def outcome(summary: dict) -> Outcome:
         return Outcome(UNCHANGED, f"UNCHANGED: {reason}", None)
     unfinished = deployed.get("unfinished") or []
     rest = f"; {len(unfinished)} unfinished item(s): `ftops reconcile` finishes them" if unfinished else ""
-    return Outcome(PROMOTED, f"PROMOTED: v{version} serves as champion ({deployed.get('variant')}): {reason}{rest}",
-                   None)
+    what = ", the TF-IDF baseline: no candidate beat it" if decided.get("served") == "baseline" else ""
+    return Outcome(PROMOTED, f"PROMOTED: v{version} serves as champion ({deployed.get('variant')}{what}): "
+                             f"{reason}{rest}", None)
 
 
 def summary_file(config: Config, flow_run_id: str) -> Path:
@@ -104,7 +105,8 @@ def stage_rows(summary: dict) -> list[tuple[str, str]]:
                           f"{_f(trained.get('baseline_test_macro_f1'))}" + (f"; others (val): {others}" if others else "")))
     f1 = ", ".join(f"{who} {_f(v)}" for who, v in (decided.get("metrics") or {}).items() if v is not None)
     failed = decided.get("failed_rules")
-    rows.append(("A/B", f"{decided.get('outcome', '-')} v{decided.get('version', '-')}: macro-F1 {f1 or '-'}"
+    served = " (the TF-IDF baseline serves: no candidate beat it)" if decided.get("served") == "baseline" else ""
+    rows.append(("A/B", f"{decided.get('outcome', '-')} v{decided.get('version', '-')}{served}: macro-F1 {f1 or '-'}"
                         + (f"; failed rules: {', '.join(failed)}" if failed else "")))
     rows += _export_and_deploy_rows(deployed)
     return rows

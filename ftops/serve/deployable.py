@@ -27,13 +27,13 @@ class Deployable:
     the sha256 the export's manifest gives them (checked when read)."""
 
     onnx: Path
-    tokenizer_json: Path
+    tokenizer_json: Path | None  # None: the model takes raw text (the TF-IDF baseline)
     labels: list[str]
     max_length: int
     batch_invariant: bool
     variant: str
     onnx_sha256: str
-    tokenizer_sha256: str
+    tokenizer_sha256: str | None
     pad_id: int = 0
     batch_gain: float | None = None  # export's samples/s at batch 32 over batch-1's (1000 / p50_ms)
 
@@ -56,13 +56,20 @@ class Deployable:
                                f"({(info or {}).get('status', 'unknown variant')}: {(info or {}).get('reason', '')}).")
         onnx = info.get("file", f"{name}/{ONNX_FILE}")
         labels = verified_bytes(export_dir / LABELS_FILE, export_sha256(export_dir, manifest, LABELS_FILE))
-        return cls(onnx=export_dir / onnx, tokenizer_json=export_dir / TOKENIZER_FILE,
+        # a manifest says "tokenizer": null for a graph that takes text (the baseline)
+        tokenizer = export_dir / TOKENIZER_FILE if manifest.get("tokenizer", {}) is not None else None
+        return cls(onnx=export_dir / onnx, tokenizer_json=tokenizer,
                    labels=json.loads(labels), max_length=int(manifest["max_length"]),
                    batch_invariant=info["status"] == "pass", variant=name,
                    onnx_sha256=checked(export_dir / onnx, export_sha256(export_dir, manifest, onnx)),
-                   tokenizer_sha256=checked(export_dir / TOKENIZER_FILE,
-                                            export_sha256(export_dir, manifest, TOKENIZER_FILE)),
+                   tokenizer_sha256=None if tokenizer is None else checked(
+                       tokenizer, export_sha256(export_dir, manifest, TOKENIZER_FILE)),
                    pad_id=int(manifest.get("pad_id", 0)), batch_gain=batch_gain(info.get("figures", {})))
+
+    @property
+    def text_input(self) -> bool:
+        """The ONNX graph takes the texts themselves (the baseline): no tokenizer step."""
+        return self.tokenizer_json is None
 
 
 def batch_gain(figures: dict) -> float | None:

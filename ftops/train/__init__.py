@@ -11,7 +11,7 @@ import warnings
 
 from ftops.artifacts.candidate import load_trained, save_trained
 from ftops.names import META_FILE, MODEL_DIR
-from ftops.train.baseline import BaselineResult, fit_baseline
+from ftops.train.baseline import BaselineResult, fit_baseline, is_baseline
 from ftops.train.candidate import (checkpoints, drop_partial_checkpoints, initial_model, last_checkpoint,
                                    resume_point, train_candidate)
 from ftops.train.checks import check_candidates, select_candidates
@@ -28,6 +28,6 @@ warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", categ
 __all__ = ["META_FILE", "MODEL_DIR", "RESULT_FILE", "TAG_FLOW_RUN", "BaselineResult", "Encoded", "Ewc",
            "FtopsTrainer", "ResumeError", "RetrainSources", "RoundResult", "TrainResult", "check_candidates",
            "checkpoints", "class_weights", "cpu_flags", "distillation_loss", "drop_partial_checkpoints",
-           "find_round", "fit_baseline", "initial_model", "last_checkpoint", "load_result", "load_trained",
+           "find_round", "fit_baseline", "is_baseline", "initial_model", "last_checkpoint", "load_result", "load_trained",
            "precision", "rehearsal_mix", "resume_point", "save_trained", "saved_round", "select_candidates",
            "train_candidate", "train_round"]

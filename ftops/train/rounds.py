@@ -13,7 +13,7 @@ from ftops import atomic
 from ftops.config import CandidateSection, Config
 from ftops.errors import FtopsError
 from ftops.names import MODEL_DIR
-from ftops.train.baseline import BaselineResult, fit_baseline
+from ftops.train.baseline import BaselineResult, fit_baseline, log_baseline
 from ftops.train.candidate import resume_point, train_candidate
 from ftops.train.checks import check_candidates
 from ftops.train.results import RESULT_FILE, RetrainSources, TrainResult, load_result
@@ -264,7 +264,8 @@ def finished_round(saved: SavedRound, chosen: list[CandidateSection]) -> RoundRe
 def saved_baseline(run) -> BaselineResult:
     metrics = run.data.metrics
     return BaselineResult(val_macro_f1=metrics["val_macro_f1"], test_macro_f1=metrics["test_macro_f1"],
-                          test_accuracy=metrics["test_accuracy"], wall_seconds=metrics["wall_seconds"])
+                          test_accuracy=metrics["test_accuracy"], wall_seconds=metrics["wall_seconds"],
+                          run_id=run.info.run_id)
 
 
 def nested_run(run_name: str, tags: dict[str, str], existing, **kwargs):
@@ -286,12 +287,12 @@ def round_baseline(snapshot, lineage: dict[str, str], existing, say: Callable[[s
         return saved_baseline(existing)
     if existing is not None:
         say("baseline: its run did not finish, refitting")
-    with nested_run("baseline", {**lineage, tracking.TAG_CANDIDATE: "baseline"}, existing):
+    with nested_run("baseline", {**lineage, tracking.TAG_CANDIDATE: "baseline"}, existing) as run:
         baseline = fit_baseline(snapshot)
         mlflow.log_metrics({"val_macro_f1": baseline.val_macro_f1, "test_macro_f1": baseline.test_macro_f1,
                             "test_accuracy": baseline.test_accuracy, "wall_seconds": baseline.wall_seconds})
-        mlflow.sklearn.log_model(baseline.pipeline, name="model",
-                                 pip_requirements=[f"scikit-learn=={sklearn_version()}"])
+        log_baseline(baseline, snapshot.labels)
+    baseline.run_id = run.info.run_id
     return baseline
 
 
@@ -329,12 +330,6 @@ def round_candidate(config: Config, candidate: CandidateSection, snapshot, out_d
             result = train_candidate(config, candidate, snapshot, out_dir, retrain, report)
         log_result(result, baseline)
     return result, run.info.run_id
-
-
-def sklearn_version() -> str:
-    import sklearn
-
-    return sklearn.__version__
 
 
 def log_result(result: TrainResult, baseline: BaselineResult) -> None:

@@ -14,17 +14,21 @@ from tokenizers import Tokenizer
 
 class TextIn:
     def __init__(self, folder: Path, params: dict[str, str]):
-        self.tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
-        self.max_length = int(params["max_length"])
         self.max_text_bytes = int(params["max_text_bytes"])
-        # tokenizer.json keeps the truncation it was trained with (e.g. 64): set the serving
-        # length explicitly, or long texts are silently cut shorter than the model expects.
-        self.tokenizer.enable_truncation(self.max_length)
-        self.tokenizer.no_padding()
+        self.tokenizer = None  # a graph that takes the text itself (the TF-IDF baseline) has none
+        if (folder / "tokenizer.json").is_file():
+            self.tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+            # tokenizer.json keeps the truncation it was trained with (e.g. 64): set the serving
+            # length explicitly, or long texts are silently cut shorter than the model expects.
+            self.tokenizer.enable_truncation(int(params["max_length"]))
+            self.tokenizer.no_padding()
 
     def rows(self, request) -> list[dict[str, np.ndarray]]:
         """One unpadded row (input_ids, attention_mask, token_type_ids) per text of the
-        request; ValueError names the text that is refused."""
+        request, or {"text": the text} for a graph without a tokenizer; ValueError names the
+        text that is refused."""
+        if self.tokenizer is None:
+            return [{"text": text} for text in self.texts(request)]
         return [{"input_ids": np.array(e.ids, dtype=np.int64),
                  "attention_mask": np.ones(len(e.ids), dtype=np.int64),
                  "token_type_ids": np.array(e.type_ids, dtype=np.int64)}

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from ftops.config import Config
-from ftops.names import OUTPUT_NAME
+from ftops.names import OUTPUT_NAME, TEXT_INPUT
 from ftops.serve import loadtest
 from ftops.serve.deploy.trial import Trial
 from ftops.serve.deployable import Deployable, verified_bytes
@@ -23,23 +23,38 @@ def reference_probs(model: Deployable, texts: list[str]) -> np.ndarray:
     Both files are read once and held to the manifest's sha256, so the reference is the
     export as it was gated, not whatever the files hold now."""
     import onnxruntime as ort
+
+    session = ort.InferenceSession(verified_bytes(model.onnx, model.onnx_sha256), providers=["CPUExecutionProvider"])
+    encode = text_feed if model.text_input else token_feed(model)
+    wanted = {i.name for i in session.get_inputs()}
+    out = []
+    for text in texts:
+        feed = encode(text)
+        logits = session.run([OUTPUT_NAME], {k: v for k, v in feed.items() if k in wanted})[0][0].astype(np.float64)
+        exp = np.exp(logits - logits.max())
+        out.append(exp / exp.sum())
+    return np.array(out)
+
+
+def text_feed(text: str) -> dict[str, np.ndarray]:
+    return {TEXT_INPUT: np.array([[text]], dtype=object)}
+
+
+def token_feed(model: Deployable):
+    """text -> the three int64 inputs, by the export's tokenizer.json as verified."""
     from tokenizers import Tokenizer
 
     tokenizer = Tokenizer.from_str(verified_bytes(model.tokenizer_json, model.tokenizer_sha256).decode("utf-8"))
     tokenizer.enable_truncation(model.max_length)
     tokenizer.no_padding()
-    session = ort.InferenceSession(verified_bytes(model.onnx, model.onnx_sha256), providers=["CPUExecutionProvider"])
-    wanted = {i.name for i in session.get_inputs()}
-    out = []
-    for text in texts:
+
+    def feed(text: str) -> dict[str, np.ndarray]:
         enc = tokenizer.encode(text)
-        feed = {"input_ids": np.array([enc.ids], dtype=np.int64),
+        return {"input_ids": np.array([enc.ids], dtype=np.int64),
                 "attention_mask": np.array([enc.attention_mask], dtype=np.int64),
                 "token_type_ids": np.array([enc.type_ids], dtype=np.int64)}
-        logits = session.run([OUTPUT_NAME], {k: v for k, v in feed.items() if k in wanted})[0][0].astype(np.float64)
-        exp = np.exp(logits - logits.max())
-        out.append(exp / exp.sum())
-    return np.array(out)
+
+    return feed
 
 
 def smoke(client: Client, model_name: str, model: Deployable, texts: list[str]) -> dict:

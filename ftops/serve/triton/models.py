@@ -9,8 +9,8 @@ champion under explicit model control, and rollback is a re-route, not a reload.
 A version is an ensemble with TEXT in and LABEL / PROBS out. Its steps and the
 classifier's config come from a backend registry keyed by `serving.runtime` (same shape
 for each): `python_onnxruntime` (python backend running onnxruntime; CPU hosts): one step,
-the classifier tokenises itself (`serving.one_hop`, the default), or `tokenizer ->
-classifier`; `onnxruntime_onnx` (Triton's own backend; GPU hosts and the official
+the classifier tokenises itself (`serving.one_hop`, the default; always for the TF-IDF
+baseline, whose graph takes the text), or `tokenizer -> classifier`; `onnxruntime_onnx` (Triton's own backend; GPU hosts and the official
 containers): `tokenizer -> classifier -> postprocess`.
 """
 
@@ -112,15 +112,15 @@ class PythonOnnxRuntime:
 
     name = "python_onnxruntime"
 
-    def steps(self, cfg: ServingSection) -> tuple[str, ...]:
-        return ("classifier",) if cfg.one_hop else ("tokenizer", "classifier")
+    def steps(self, cfg: ServingSection, model: Deployable) -> tuple[str, ...]:
+        return ("classifier",) if cfg.one_hop or model.text_input else ("tokenizer", "classifier")
 
     def classifier_config(self, name: str, cfg: ServingSection, model: Deployable) -> str:
         instances, threads = default_instances(cfg)
         batched, why = batching(cfg, model)
         params = {"threads": threads, "bucket_size": cfg.bucket_size if model.batch_invariant else 1,
                   "variant": model.variant, "batching": why}
-        if cfg.one_hop:
+        if self.steps(cfg, model) == ("classifier",):
             inputs, params = TEXT_INPUT, {**params, **_text_params(cfg, model)}
         else:
             ragged = " allow_ragged_batch: true" if batched else ""
@@ -152,11 +152,14 @@ class OnnxRuntimeBackend:
 
     name = "onnxruntime_onnx"
 
-    def steps(self, cfg: ServingSection) -> tuple[str, ...]:
+    def steps(self, cfg: ServingSection, model: Deployable) -> tuple[str, ...]:
         return ("tokenizer", "classifier", "postprocess")
 
     def classifier_config(self, name: str, cfg: ServingSection, model: Deployable) -> str:
         instances, _ = default_instances(cfg)
+        if model.text_input:
+            raise ServingError(f"{model.onnx} takes raw text (the TF-IDF baseline); the onnxruntime_onnx "
+                               "runtime feeds token ids. Serve it with serving.runtime: python_onnxruntime.")
         if not model.batch_invariant:
             raise ServingError(f"Variant {model.variant} is not batch-invariant; Triton's onnxruntime "
                                "backend batches across requests. Deploy a batch-invariant variant (fp32).")
@@ -214,7 +217,7 @@ def _step_maps(steps: tuple[str, ...]) -> list[tuple[str, dict[str, str], dict[s
 def ensemble_config(names: ModelNames, cfg: ServingSection, model: Deployable, backend) -> str:
     k = len(model.labels)
     steps = []
-    for step, inputs, outputs in _step_maps(backend.steps(cfg)):
+    for step, inputs, outputs in _step_maps(backend.steps(cfg, model)):
         lines = [f'      input_map {{ key: "{a}" value: "{b}" }}' for a, b in inputs.items()]
         lines += [f'      output_map {{ key: "{a}" value: "{b}" }}' for a, b in outputs.items()]
         body = "\n".join(lines)
@@ -243,8 +246,8 @@ def version_files(names: ModelNames, model: Deployable, cfg: ServingSection, bac
     """Each model folder of a version and its files: bytes to write, or (export file, its
     verified sha256) to copy."""
     labels = json.dumps(model.labels).encode()
-    steps = backend.steps(cfg)
-    tokenizer = {f"1/{TOKENIZER_FILE}": (model.tokenizer_json, model.tokenizer_sha256)}
+    steps = backend.steps(cfg, model)
+    tokenizer = {} if model.text_input else {f"1/{TOKENIZER_FILE}": (model.tokenizer_json, model.tokenizer_sha256)}
     text_in = TEXT_IN.read_bytes()
     models = {}
     if "tokenizer" in steps:
