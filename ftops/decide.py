@@ -185,16 +185,17 @@ def decide(config: Config, snapshot, run_id: str, protected: list[str] | None = 
 
 def serve_baseline(config: Config, rejected: evaluate.Decision, candidate: registry.Version,
                    baseline_run_id: str | None) -> tuple[evaluate.Decision, registry.Version] | None:
-    """No champion, and the best candidate did not beat the TF-IDF baseline: register the
-    round's baseline as the challenger instead (gates.baseline_serves), so the lifecycle
-    still ends with the best model it found serving. None when that does not apply."""
+    """No champion, and the best candidate lost the baseline rule (not better than the TF-IDF
+    baseline, or not significantly: gates.baseline_serves): register the round's baseline as
+    the challenger instead, so the lifecycle still ends with the best model it found serving.
+    None when that does not apply."""
     decision = evaluate.baseline_serves(rejected, f"v{candidate.version}")
-    if decision is None or not config.gates.baseline_serves or baseline_run_id is None:
+    if decision is None or config.gates.baseline_serves == "never" or baseline_run_id is None:
         return None
     logged = {f.path for f in registry.client(config).list_artifacts(baseline_run_id, "model")}
     if f"model/{BASELINE_FILE}" not in logged:
         raise FtopsError(f"The baseline run {baseline_run_id} has no model/{BASELINE_FILE} (a round of an older "
-                         "ftops): it cannot be served. Train a new round, or set gates.baseline_serves: false.")
+                         "ftops): it cannot be served. Train a new round, or set gates.baseline_serves: never.")
     version = registry.register(config, baseline_run_id)
     registry.set_alias(config, registry.CHALLENGER, version.version)
     record(config, decision, baseline_run_id, version.version)

@@ -89,7 +89,7 @@ def test_a_baseline_champion_is_judged_and_monitored_like_any(served, airline_sn
 
 def test_the_baseline_does_not_serve_when_it_is_switched_off_or_lost(served, lost_round):
     cfg, result, rejected, candidate, _ = served
-    off = cfg.model_copy(update={"gates": cfg.gates.model_copy(update={"baseline_serves": False})})
+    off = cfg.model_copy(update={"gates": cfg.gates.model_copy(update={"baseline_serves": "never"})})
     assert decide.serve_baseline(off, rejected, candidate, result.baseline.run_id) is None
     won = type(rejected)(**{**rejected.__dict__, "outcome": "promote"})
     assert decide.serve_baseline(cfg, won, candidate, result.baseline.run_id) is None

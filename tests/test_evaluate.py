@@ -227,6 +227,27 @@ def test_first_model_against_the_baseline(rows):
     assert alone.outcome == "promote" and "nothing to compare against" in alone.rules[0].detail
 
 
+def test_a_first_model_the_paired_test_cannot_tell_from_the_baseline_yields_to_it(rows):
+    """Between equals the cheaper model serves: with the default gates.baseline_serves, a first
+    model a few rows better than the baseline is not enough; `when_better` keeps the point estimate."""
+    y, frame, rng = rows
+    base = with_accuracy(y, 0.7, rng)
+    better = base.copy()
+    fixed, broken = np.flatnonzero(base != y)[:20], np.flatnonzero(base == y)[:14]  # 6 more right of 1000
+    better[fixed] = y[fixed]
+    better[broken] = (y[broken] + 1) % 3
+    tied = evaluate.compare(model(y, better, frame), None, GatesSection(), baseline=model(y, base, frame))
+    (rule,) = tied.rules
+    assert tied.bootstrap.delta > 0 and tied.bootstrap.ci_low <= 0 and not rule.passed
+    assert tied.outcome == "reject" and "the cheaper model, the baseline, is preferred" in rule.detail
+    served = evaluate.baseline_serves(tied, "v1")
+    assert served.outcome == "promote" and "is not significantly better than" in served.rules[0].detail
+    point = evaluate.compare(model(y, better, frame), None, GatesSection(baseline_serves="when_better"),
+                             baseline=model(y, base, frame))
+    assert point.outcome == "promote" and "judged on its point estimate" in point.rules[0].detail
+    assert evaluate.baseline_serves(point, "v1") is None
+
+
 def test_champion_and_baseline_together(rows):
     y, frame, rng = rows
     strong, weak = model(y, with_accuracy(y, 0.9, rng), frame), model(y, with_accuracy(y, 0.75, rng), frame)

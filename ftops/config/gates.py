@@ -18,9 +18,11 @@ class GatesSection(Section):
     noninferiority_margin: float = Field(0.01, ge=0, le=1, description=(
         "macro-F1 a cheaper challenger may lose at most: the lower end of the paired bootstrap CI must be above -margin"))
     alpha: float = Field(0.05, gt=0, lt=1)
-    baseline_serves: bool = Field(True, description=(
-        "when there is no champion and the best candidate does not beat the TF-IDF baseline, the baseline is "
-        "registered and deployed (same export and serving gates) and serves until a challenger beats it"))
+    baseline_serves: Literal["when_tied", "when_better", "never"] = Field("when_tied", description=(
+        "with no champion, the TF-IDF baseline is registered and deployed (same export and serving gates) in "
+        "place of a first candidate that is not significantly better than it (when_tied: between models the "
+        "paired test cannot tell apart the cheaper serves), or only one whose macro-F1 is not above it "
+        "(when_better); never: nothing serves until a candidate beats the baseline"))
     slice_tolerance: float = Field(0.02, ge=0, le=1)
     parity_atol: float = Field(1e-4, gt=0)
     p99_ms: float = Field(100.0, gt=0)

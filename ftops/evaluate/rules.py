@@ -44,7 +44,7 @@ def compare(challenger: Predictions, champion: Predictions | None, gates: GatesS
         deltas = slice_deltas(challenger, ref, alpha=gates.alpha, seed=seed)
     f1 = {k: v["macro_f1"] for k, v in scores.items() if v is not None}
     if champion is None:
-        rules = [_baseline_rule(f1, boot)]
+        rules = [_baseline_rule(f1, boot, tie_to_baseline=gates.baseline_serves == "when_tied")]
     else:
         gain = [Rule("effect", boot.delta >= gates.min_effect, boot.delta, gates.min_effect,
                      f"challenger macro-F1 {f1['challenger']:.4f} vs champion {f1['champion']:.4f}"),
@@ -73,13 +73,14 @@ def baseline_serves(rejected: Decision, candidate: str) -> Decision | None:
     if rejected.outcome != "reject" or rejected.mode != "no-champion-yet" or "baseline" not in f1:
         return None
     boot = rejected.bootstrap
-    detail = (f"no champion, and the best candidate ({candidate}, macro-F1 {f1['challenger']:.4f}) does not beat the "
+    how = "is not significantly better than" if f1["challenger"] > f1["baseline"] else "does not beat"
+    detail = (f"no champion, and the best candidate ({candidate}, macro-F1 {f1['challenger']:.4f}) {how} the "
               f"TF-IDF baseline ({f1['baseline']:.4f}; candidate - baseline {boot.delta:+.4f}, CI "
               f"[{boot.ci_low:+.4f}, {boot.ci_high:+.4f}]): the baseline serves until a challenger beats it "
               "(gates.baseline_serves)")
     rule = Rule("baseline_serves", True, f1["baseline"] - f1["challenger"], 0.0, detail)
     summary = (f"promote: the TF-IDF baseline (macro-F1 {f1['baseline']:.4f}) serves; the best candidate "
-               f"{candidate} ({f1['challenger']:.4f}) did not beat it (McNemar p={rejected.mcnemar.p_value:.3g})")
+               f"{candidate} ({f1['challenger']:.4f}) {how} it (McNemar p={rejected.mcnemar.p_value:.3g})")
     return Decision("promote", "baseline-serves", summary, [rule], rejected.metrics, {}, "challenger",
                     boot, rejected.mcnemar, context={**rejected.context, "candidate": candidate})
 
@@ -203,17 +204,29 @@ def _protected_keys(deltas: dict[str, dict], protected: list[str] | None) -> tup
     return keys, absent
 
 
-def _baseline_rule(f1: dict[str, float], boot: BootstrapResult | None = None) -> Rule:
-    """The challenger must beat the baseline's macro-F1 (point estimate; a CI is recorded)."""
+def _baseline_rule(f1: dict[str, float], boot: BootstrapResult | None = None, tie_to_baseline: bool = False) -> Rule:
+    """The challenger must beat the baseline's macro-F1. Against a champion, and for a first
+    model with gates.baseline_serves other than when_tied, the point estimate decides (a CI is
+    recorded). With when_tied, a first model must be significantly better (the paired
+    bootstrap CI above 0): the paired test cannot tell a tie from a gain, and between equals
+    the cheaper model, the baseline, serves."""
     if "baseline" not in f1:
         return Rule("baseline", True, None, None,
                     "nothing to compare against: no champion and no baseline")
     delta = f1["challenger"] - f1["baseline"]
     detail = f"challenger macro-F1 {f1['challenger']:.4f} vs baseline {f1['baseline']:.4f}"
-    if boot is not None:
-        detail += f"; bootstrap CI [{boot.ci_low:+.4f}, {boot.ci_high:+.4f}] recorded, not required"
-        if boot.ci_low <= 0 <= boot.ci_high:
-            detail += " (the paired test cannot tell the two apart: the first model is judged on its point estimate)"
+    if boot is None:
+        return Rule("baseline", delta > 0, delta, 0.0, detail)
+    tied = boot.ci_low <= 0 <= boot.ci_high
+    if tie_to_baseline:
+        detail += f"; bootstrap CI [{boot.ci_low:+.4f}, {boot.ci_high:+.4f}] must be above 0"
+        if tied and delta > 0:
+            detail += (" (the paired test cannot tell the two apart: the cheaper model, the baseline, is preferred; "
+                       "gates.baseline_serves: when_tied)")
+        return Rule("baseline", delta > 0 and boot.ci_low > 0, delta, 0.0, detail)
+    detail += f"; bootstrap CI [{boot.ci_low:+.4f}, {boot.ci_high:+.4f}] recorded, not required"
+    if tied:
+        detail += " (the paired test cannot tell the two apart: the first model is judged on its point estimate)"
     return Rule("baseline", delta > 0, delta, 0.0, detail)
 
 
