@@ -148,8 +148,8 @@ def evaluate_and_decide(config_path: str | None, snapshot_id: str, run_id: str,
                         baseline_run_id: str | None = None) -> dict:
     """Register the best candidate as challenger and A/B it against the champion on the same
     test rows. The champion alias is not moved here: serving gates decide that. With no
-    champion and a candidate that does not beat the round's TF-IDF baseline, the baseline
-    becomes the challenger (gates.baseline_serves): `run_id` in the result says which."""
+    champion and a candidate that loses the baseline rule, the round's TF-IDF baseline becomes
+    the challenger (gates.baseline_serves): `run_id` and `served` in the result say which."""
     from ftops import decide
 
     config = _config(config_path)
@@ -165,7 +165,8 @@ def evaluate_and_decide(config_path: str | None, snapshot_id: str, run_id: str,
     rules = [{"name": r.name, "passed": bool(r.passed), "value": _number(r.value), "threshold": _number(r.threshold),
               "detail": r.detail} for r in decision.rules]
     return {"outcome": decision.outcome, "summary": decision.summary, "version": version.version,
-            "run_id": run_id, "served": "baseline" if served is not None else "candidate", "mode": decision.mode, "reference": decision.reference, "rules": rules,
+            "run_id": run_id, "served": "baseline" if served is not None else "candidate",
+            "mode": decision.mode, "reference": decision.reference, "rules": rules,
             "failed_rules": [r["name"] for r in rules if not r["passed"]],
             "metrics": {k: (v or {}).get("macro_f1") for k, v in decision.metrics.items()},
             "slices": {k: v.get("delta") for k, v in decision.slices.items()},

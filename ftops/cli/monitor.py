@@ -41,7 +41,7 @@ def monitor_check(
 
         model, tokenizer, _ = decide.load(decide.resolve(cfg, names.CHAMPION))
         if tokenizer is None:
-            out.print("[yellow]the champion is the TF-IDF baseline: it has no embeddings, so --embeddings is ignored[/]")
+            out.print("[yellow]the champion is the TF-IDF baseline: it has no embeddings; --embeddings is ignored[/]")
         else:
             embed = monitor.embedder(model, tokenizer, cfg.model.max_length)
     print_check(monitor.check(cfg, embed=embed))

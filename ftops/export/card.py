@@ -81,6 +81,7 @@ def write_model_card(result: ExportResult) -> None:
                     f"| {t['max_abs_diff']} | {t['agreement']} | {t['delta_macro_f1']} | {report.status} "
                     f"| {report.reason.replace('|', '/')} |")
     notes = "\n".join(f"- {r.name}: {'; '.join(r.notes)}" for r in result.variants.values() if r.notes)
+    reference = "scikit-learn" if result.source.get("kind") == "baseline" else "PyTorch fp32"
     text = f"""# Exported classifier
 
 ## Source
@@ -93,7 +94,7 @@ def write_model_card(result: ExportResult) -> None:
 {inputs_text(result)}
 
 ## Variants
-{'scikit-learn' if result.source.get('kind') == 'baseline' else 'PyTorch fp32'} reference: macro-F1 {result.reference.get('macro_f1', float('nan')):.4f} on
+{reference} reference: macro-F1 {result.reference.get('macro_f1', float('nan')):.4f} on
 {result.reference.get('n_texts')} held-out texts. Latency is batch 1 (ms); throughput batch 32.
 
 | variant | MB | p50 ms | p99 ms | samples/s | max diff | agreement | delta F1 | status | reason |
