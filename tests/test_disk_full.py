@@ -45,11 +45,12 @@ def fill(disk: Path) -> Path:
     """Write until the device is full; the filler file (unlink it to free the space)."""
     filler = disk / "filler.bin"
     block = b"\0" * (1 << 16)
-    with open(filler, "ab") as handle:
+    # Unbuffered: a buffered writer keeps the part of a block the full disk refused and fails
+    # again when it is closed, depending on how much space the test left free.
+    with open(filler, "ab", buffering=0) as handle:
         try:
             while True:
                 handle.write(block)
-                handle.flush()
         except OSError:
             pass
     return filler
