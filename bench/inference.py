@@ -99,7 +99,8 @@ def torch_runner(candidate: Path, threads: int):
 
 
 def timing_feeds(result: export.ExportResult, texts: list[str]):
-    return runtime.speed_feeds(runtime.load_tokenizer_json(result.out_dir / TOKENIZER_FILE), texts)
+    tokenizer = runtime.load_tokenizer_json(result.out_dir / TOKENIZER_FILE)
+    return runtime.speed_feeds(lambda chunk: runtime.encode_batch(tokenizer, chunk), texts)
 
 
 def print_table(result: export.ExportResult, speed: dict[str, dict[str, float]], threads: int) -> list[dict]:

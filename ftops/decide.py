@@ -111,12 +111,8 @@ def size(model) -> float:
 def baseline_predictions(snapshot, frame: pd.DataFrame) -> evaluate.Predictions:
     from ftops.train import fit_baseline
 
-    pipeline = fit_baseline(snapshot).pipeline
-    classes = list(pipeline.classes_)
-    probs = pipeline.predict_proba(frame["text"])[:, [classes.index(l) for l in snapshot.labels]]
-    label2id = {label: i for i, label in enumerate(snapshot.labels)}
-    return evaluate.Predictions(snapshot.labels, frame["label"].map(label2id).to_numpy(), probs,
-                                frame.reset_index(drop=True))
+    baseline = BaselineModel(fit_baseline(snapshot).pipeline, snapshot.labels)
+    return predict(baseline, None, snapshot.labels, frame, max_length=0)
 
 
 def compare_refs(config: Config, snapshot, challenger: ModelRef, champion: ModelRef | None,

@@ -23,7 +23,7 @@ from ftops.export.card import write_manifest, write_model_card
 from ftops.export.parity import INVARIANCE_TEXTS, Reference, macro_f1
 from ftops.export.publish import log_to_mlflow
 from ftops.export.results import FAIL, ExportResult, VariantReport
-from ftops.export.runtime import BATCH_SIZE, SPEED_TEXTS
+from ftops.export.runtime import BATCH_SIZE, speed_feeds
 from ftops.export.select import select
 from ftops.export.stage import check_request, gate_and_time
 from ftops.export.staging import staged
@@ -37,6 +37,7 @@ VARIANT = "fp32"
 LOCALE = "C.UTF-8"
 # Log of 0 would be -inf; no logistic regression gives a probability this small.
 FLOOR = 1e-30
+PROBABILITIES = "probabilities"  # skl2onnx's name for a classifier's probability output
 
 
 def export_baseline(source_folder: Path, out_dir: Path, *, parity_texts: list[str], parity_labels: Sequence[int],
@@ -45,25 +46,26 @@ def export_baseline(source_folder: Path, out_dir: Path, *, parity_texts: list[st
                     progress: Callable[[str], None] | None = None) -> ExportResult:
     """A logged baseline folder (model/baseline.json) to an export folder serving reads."""
     gates, say = gates or GatesSection(), progress or (lambda line: None)
-    out_dir = Path(out_dir)
+    out_dir, threads = Path(out_dir), threads or os.cpu_count() or 1
     check_request([VARIANT], parity_texts, parity_labels, out_dir)
     model = load_baseline(Path(source_folder))
     with staged(out_dir) as work:
         exported.write_labels(work, model.labels)
         target = work / VARIANT / ONNX_FILE
         convert(model, target)
-        say(f"{VARIANT}: converted with skl2onnx, {target.stat().st_size / 1e6:.1f} MB")
+        size_mb = target.stat().st_size / 1e6
+        say(f"{VARIANT}: converted with skl2onnx, {size_mb:.1f} MB")
         reference = text_reference(model, parity_texts, parity_labels)
         reports = {VARIANT: VariantReport(VARIANT, FAIL, "not gated yet", f"{VARIANT}/{ONNX_FILE}", True,
-                                          {"size_mb": target.stat().st_size / 1e6})}
-        gate_and_time(reports, work, reference, gates, threads or os.cpu_count() or 1, say)
+                                          {"size_mb": size_mb})}
+        gate_and_time(reports, work, reference, gates, threads, say)
         selected, why = select(reports, gates)
         say(f"selected: {selected or 'none'} ({why})")
         result = ExportResult(work, model.labels, 0, reports, selected, why,
                               {"macro_f1": reference.macro_f1, "n_texts": len(parity_texts)},
                               {**(source or {}), "kind": "baseline"})
         write_model_card(result)
-        write_manifest(result, gates, threads or os.cpu_count() or 1)
+        write_manifest(result, gates, threads)
     result.out_dir = out_dir
     log_to_mlflow(result, run_id)
     return result
@@ -82,12 +84,11 @@ def convert(model: BaselineModel, target: Path) -> None:
         options={id(classifier): {"zipmap": False},
                  id(vectorizer): {"tokenexp": vectorizer.token_pattern, "locale": LOCALE}},
         target_opset={"": exported.OPSET, "ai.onnx.ml": 3})
-    probs = next(o.name for o in graph.graph.output if o.name == "probabilities")
     columns = helper.make_tensor("ftops_columns", TensorProto.INT64, [len(model.columns)], model.columns)
     floor = helper.make_tensor("ftops_floor", TensorProto.FLOAT, [], [FLOOR])
     graph.graph.initializer.extend([columns, floor])
     graph.graph.node.extend([
-        helper.make_node("Gather", [probs, "ftops_columns"], ["ftops_ordered"], axis=1),
+        helper.make_node("Gather", [PROBABILITIES, "ftops_columns"], ["ftops_ordered"], axis=1),
         helper.make_node("Max", ["ftops_ordered", "ftops_floor"], ["ftops_floored"]),
         helper.make_node("Log", ["ftops_floored"], [OUTPUT_NAME]),
     ])
@@ -109,8 +110,7 @@ def text_reference(model: BaselineModel, texts: list[str], labels: Sequence[int]
     order = np.concatenate(chunks) if chunks else np.zeros(0, dtype=int)
     logits = np.log(np.maximum(model.probs(texts), FLOOR)).astype(np.float32)
     y_true = np.asarray(labels, dtype=int)
-    few, timed = texts[:INVARIANCE_TEXTS], texts[:SPEED_TEXTS]
+    few = texts[:INVARIANCE_TEXTS]
     return Reference([text_feed([texts[i] for i in idx]) for idx in chunks], order, logits, y_true,
                      macro_f1(y_true, logits.argmax(-1), len(model.labels)),
-                     [text_feed([t]) for t in few], text_feed(few), [text_feed([t]) for t in timed],
-                     [text_feed(timed[i:i + BATCH_SIZE]) for i in range(0, len(timed), BATCH_SIZE)])
+                     [text_feed([t]) for t in few], text_feed(few), *speed_feeds(text_feed, texts))

@@ -58,7 +58,7 @@ def make_reference(model, tokenizer, tokenizer_json: Path, texts: list[str], lab
     y_true = np.asarray(labels, dtype=int)
     few = texts[:INVARIANCE_TEXTS]
     return Reference(batches, order, logits, y_true, macro_f1(y_true, logits.argmax(-1), n_labels),
-                     [encode_batch(tok, [t]) for t in few], encode_batch(tok, few), *speed_feeds(tok, texts))
+                     [encode_batch(tok, [t]) for t in few], encode_batch(tok, few), *speed_feeds(lambda chunk: encode_batch(tok, chunk), texts))
 
 
 def check_tokenizer(tokenizer, texts: list[str], feed: dict[str, np.ndarray], max_length: int, path: Path) -> None:

@@ -40,12 +40,12 @@ def encode_each(tokenizer_json: Path, texts: list[str]) -> list[dict[str, np.nda
     return [to_feed([tok.encode(t)]) for t in texts]
 
 
-def speed_feeds(tok, texts: list[str]) -> tuple[list[dict[str, np.ndarray]], list[dict[str, np.ndarray]]]:
-    """The timer's feeds: the first SPEED_TEXTS texts one per feed (batch-1 latency) and in
-    batches of BATCH_SIZE (throughput)."""
+def speed_feeds(encode: Callable[[list[str]], dict[str, np.ndarray]],
+                texts: list[str]) -> tuple[list[dict[str, np.ndarray]], list[dict[str, np.ndarray]]]:
+    """The timer's feeds (`encode`: texts -> one feed): the first SPEED_TEXTS texts one per
+    feed (batch-1 latency) and in batches of BATCH_SIZE (throughput)."""
     timed = texts[:SPEED_TEXTS]
-    return ([encode_batch(tok, [t]) for t in timed],
-            [encode_batch(tok, timed[i:i + BATCH_SIZE]) for i in range(0, len(timed), BATCH_SIZE)])
+    return [encode([t]) for t in timed], [encode(timed[i:i + BATCH_SIZE]) for i in range(0, len(timed), BATCH_SIZE)]
 
 
 def make_session(path: Path, threads: int):
