@@ -166,7 +166,8 @@ def cached_candidate(args, frames: dict, layers: int | None = None, teacher: Pat
     """The fine-tuned candidate (or student), reused from `--keep` when a run with the same
     settings made it: fine-tuning is most of this benchmark's time on 2 shared cores."""
     kind, steps = (f"student{layers}", args.student_steps) if layers else ("full", args.steps)
-    folder = args.keep / f"minilm-{kind}-{args.rows}-{steps}-{args.max_length}"
+    # --test changes which tweets train (one seeded sample is split), so it is part of the key
+    folder = args.keep / f"minilm-{kind}-{args.rows}-{args.test}-{steps}-{args.max_length}"
     if (folder / "model" / "ftops.json").is_file():
         print(f"reusing the fine-tuned {kind} in {folder} (delete it to retrain)")
         return folder

@@ -155,6 +155,18 @@ def test_a_trained_candidate_loads_back_with_the_same_predictions(tiny_model, ai
     assert (logits.argmax(-1) == saved.argmax(-1)).float().mean() >= 0.75
 
 
+def test_training_without_saving_writes_no_checkpoint_and_scores_its_best_evaluation(tiny_model, airline_snapshot,
+                                                                                      tmp_path):
+    """What a tuning trial trains with: its score is the best evaluation's, nothing heavy is written."""
+    cfg = tiny_config(tiny_model, tmp_path, max_steps=6, evals_per_epoch=8, early_stopping_patience=0)
+    result = train.train_candidate(cfg, cfg.candidates[1], airline_snapshot, tmp_path / "trial",
+                                   evaluate_test=False, save=False)
+    evaluated = [h["eval_macro_f1"] for h in result.history if "eval_macro_f1" in h]
+    assert len(evaluated) >= 2 and result.val_macro_f1 == pytest.approx(max(evaluated))
+    written = {p.name for p in result.out_dir.rglob("*") if p.is_file()}
+    assert written == {"result.json", "learning_curves.png"}  # no checkpoint, no model
+
+
 RESUME_SCRIPT = """
 import sys, time
 from pathlib import Path

@@ -346,7 +346,7 @@ def test_trials_never_see_the_test_split_and_keep_only_their_curves(studied):
     folder = cfg.resolved().project.dir / "tuning" / result.study
     for number in (0, 1):
         trial = folder / f"trial-{number}"
-        assert {p.name for p in trial.iterdir()} == {"result.json", "learning_curves.png"}
+        assert {p.name for p in trial.rglob("*") if p.is_file()} == {"result.json", "learning_curves.png"}
         saved = json.loads((trial / "result.json").read_text())
         assert saved["test_macro_f1"] is None and saved["test_accuracy"] is None and saved["task_metrics"] == {}
     runs = trial_runs(cfg, result.run_id)

