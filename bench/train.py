@@ -18,36 +18,14 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-from sklearn.metrics import f1_score
-
-from ftops import data, models, train
+from ftops import data, train
 from ftops.config import Config
+
+from hf import hf_default  # bench/hf.py, beside this script
 
 LR = {"full": 1e-4, "freeze": 1e-4, "llrd": 1e-4, "lora": 2e-3, "ia3": 3e-3, "prompt_tuning": 3e-2,
       "bottleneck": 1e-3}
 PARAMS = {"lora": {"rank": 8, "target_modules": "all-linear"}}
-
-
-def hf_default(snapshot, epochs: float, max_length: int, out: Path) -> dict:
-    """The HF Trainer as its docs start you off: default TrainingArguments, default collator."""
-    from transformers import Trainer, TrainingArguments
-
-    tokenizer = models.load_tokenizer("minilm-l6", max_length)
-    model = models.build_classifier("minilm-l6", snapshot.labels)
-    train_set = train.Encoded(snapshot.split("train"), tokenizer, snapshot.labels, max_length)
-    test_set = train.Encoded(snapshot.split("test"), tokenizer, snapshot.labels, max_length)
-    args = TrainingArguments(output_dir=str(out), num_train_epochs=epochs, report_to="none",
-                             save_strategy="no", disable_tqdm=True, seed=13)
-    trainer = Trainer(model=model, args=args, train_dataset=train_set, processing_class=tokenizer)
-    started = time.perf_counter()
-    metrics = trainer.train().metrics
-    wall = time.perf_counter() - started
-    logits = trainer.predict(test_set).predictions
-    y = [r["labels"] for r in test_set.rows]
-    return {"samples_per_second": len(train_set) * epochs / wall, "wall": wall,
-            "trainer_samples_per_second": metrics["train_samples_per_second"],
-            "macro_f1": f1_score(y, np.argmax(logits, -1), average="macro"), "trainable_share": 1.0}
 
 
 def ftops_candidate(config: Config, snapshot, strategy: str, epochs: float, out: Path) -> dict:
