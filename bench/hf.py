@@ -20,6 +20,7 @@ def hf_default(snapshot, epochs: float | None, max_length: int, out: Path) -> di
     model = models.build_classifier("minilm-l6", snapshot.labels)
     train_set = train.Encoded(snapshot.split("train"), tokenizer, snapshot.labels, max_length)
     test_set = train.Encoded(snapshot.split("test"), tokenizer, snapshot.labels, max_length)
+    val_set = train.Encoded(snapshot.split("validation"), tokenizer, snapshot.labels, max_length)
     epochs_arg = {} if epochs is None else {"num_train_epochs": epochs}
     args = TrainingArguments(output_dir=str(out), report_to="none", save_strategy="no", disable_tqdm=True,
                              seed=13, **epochs_arg)
@@ -27,8 +28,11 @@ def hf_default(snapshot, epochs: float | None, max_length: int, out: Path) -> di
     started = time.perf_counter()
     metrics = trainer.train().metrics
     wall = time.perf_counter() - started
-    logits = trainer.predict(test_set).predictions
-    y = [r["labels"] for r in test_set.rows]
     return {"samples_per_second": len(train_set) * args.num_train_epochs / wall, "wall": wall,
             "epochs": args.num_train_epochs, "trainer_samples_per_second": metrics["train_samples_per_second"],
-            "macro_f1": f1_score(y, np.argmax(logits, -1), average="macro"), "trainable_share": 1.0}
+            "macro_f1": macro_f1(trainer, test_set), "val_macro_f1": macro_f1(trainer, val_set), "trainable_share": 1.0}
+
+
+def macro_f1(trainer, encoded) -> float:
+    logits = trainer.predict(encoded).predictions
+    return f1_score([r["labels"] for r in encoded.rows], np.argmax(logits, -1), average="macro")

@@ -85,11 +85,11 @@ def claim_rows(corpus: str, results: dict[str, dict], hf: dict | None) -> list[d
     """The claim table of one corpus: each strategy beside full fine-tuning, then TF-IDF."""
     full = results.get("full")
     rows = [{"corpus": corpus, "strategy": name, "trainable_pct": 100 * r["trainable_share"],
-             "test_macro_f1": r["test_macro_f1"],
+             "test_macro_f1": r["test_macro_f1"], "val_macro_f1": r["val_macro_f1"],
              "pct_of_full_f1": 100 * r["test_macro_f1"] / full["test_macro_f1"] if full else None,
              "pct_of_full_time": 100 * r["train_s"] / full["train_s"] if full else None,
-             "train_s": r["train_s"], "samples_per_s": r["samples_per_second"], "study_min": r["tuning_s"] / 60, "trials_complete": r["complete"],
-             "trials_pruned": r["pruned"],
+             "train_s": r["train_s"], "samples_per_s": r["samples_per_second"], "study_min": r["tuning_s"] / 60,
+             "trials_complete": r["complete"], "trials_pruned": r["pruned"],
              "best_settings": json.dumps(r["settings"], sort_keys=True, default=str)}
             for name, r in results.items()]
     base = next(iter(results.values()))["baseline_test_macro_f1"]
@@ -100,7 +100,8 @@ def claim_rows(corpus: str, results: dict[str, dict], hf: dict | None) -> list[d
                      "trainable_pct": 100.0, "test_macro_f1": hf["macro_f1"],
                      "pct_of_full_f1": 100 * hf["macro_f1"] / full["test_macro_f1"] if full else None,
                      "pct_of_full_time": 100 * hf["wall"] / full["train_s"] if full else None,
-                     "train_s": hf["wall"], "samples_per_s": hf["samples_per_second"]})
+                     "train_s": hf["wall"], "samples_per_s": hf["samples_per_second"],
+                     "val_macro_f1": hf["val_macro_f1"]})
     return rows
 
 
