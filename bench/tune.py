@@ -15,7 +15,7 @@ GLUE table makes 99% the mark to beat); tuned full >= the HF defaults' macro-F1 
 >= 1.5x their samples/s.
 
     python bench/tune.py [--corpora airline,movies] [--rows 3000] [--minutes 10]
-                         [--trials 20] [--strategies full,lora,freeze,llrd] [--lora-ranks 4,8]
+                         [--trials 20] [--strategies full,lora,freeze,llrd] [--lora-ranks 4,8] [--no-hf]
 
 LoRA searches ranks 4 and 8 by default, the ranks inside the claim's 2% (r16 trains about
 2.9% of MiniLM); `--lora-ranks ""` searches LoRA's own space.
@@ -31,9 +31,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from ftops import data, strategies, train, tune
-from ftops.config import CandidateSection, Config
-from ftops.tune.space import CANDIDATE_SPACE
+from ftops import data, train, tune
+from ftops.config import Config
 
 import report  # bench/report.py, beside this script
 from hf import hf_default  # bench/hf.py
@@ -58,7 +57,7 @@ def run_strategy(root: Path, source: str, rows: int, max_length: int, strategy: 
     snapshot = data.prepare(config)
     started = time.perf_counter()
     (study,) = tune.tune(config, snapshot, trials=trials, minutes=minutes,
-                         enqueue={candidate["name"]: [shipped_defaults(strategy)]})
+                         enqueue={candidate["name"]: [shipped_defaults(config)]})
     tuning_s = time.perf_counter() - started
     (best,) = tune.tuned_candidates(config)
     result = train.train_candidate(config, best, snapshot, root / strategy / "final")
@@ -72,13 +71,12 @@ def run_strategy(root: Path, source: str, rows: int, max_length: int, strategy: 
             "snapshot": snapshot}
 
 
-def shipped_defaults(strategy: str) -> dict:
-    """The values an untuned round trains with, for the dimensions the strategy searches."""
-    shipped = strategies.get_strategy(strategy)
-    fields = CandidateSection.model_fields
-    shared = {k: fields[k].default for k in [*CANDIDATE_SPACE, "learning_rate"]}
-    params = shipped.Params().model_dump()
-    return {**shared, **shipped.defaults, **{k: params[k] for k in shipped.space if k in params}}
+def shipped_defaults(config: Config) -> dict:
+    """The values an untuned round trains with, for the dimensions its study searches."""
+    (plan,) = tune.check_tuning(config)
+    candidate = plan.strategy.with_defaults(plan.candidate)
+    values = {**candidate.model_dump(), **plan.strategy.Params(**candidate.params).model_dump()}
+    return {k: values[k] for k in plan.space if k in values}
 
 
 def claim_rows(corpus: str, results: dict[str, dict], hf: dict | None) -> list[dict]:
@@ -105,15 +103,13 @@ def claim_rows(corpus: str, results: dict[str, dict], hf: dict | None) -> list[d
     return rows
 
 
-def hf_verdict(table: list[dict]) -> str:
+def hf_verdict(corpus: str, full: dict | None, hf: dict | None) -> str:
     """Tuned full against the HF defaults: the F1 difference and the samples/s ratio."""
-    full = next((r for r in table if r["strategy"] == "full"), None)
-    hf = next((r for r in table if r["strategy"].startswith("hf-")), None)
     if not (full and hf):
         return ""
-    return (f"{full['corpus']}: tuned full vs HF Trainer defaults: macro-F1 "
-            f"{100 * (full['test_macro_f1'] - hf['test_macro_f1']):+.1f} pt, samples/s "
-            f"x{full['samples_per_s'] / hf['samples_per_s']:.2f} (target: >= -1 pt at >= 1.5x)")
+    return (f"{corpus}: tuned full vs HF Trainer defaults: macro-F1 "
+            f"{100 * (full['test_macro_f1'] - hf['macro_f1']):+.1f} pt, samples/s "
+            f"x{full['samples_per_second'] / hf['samples_per_second']:.2f} (target: >= -1 pt at >= 1.5x)")
 
 
 def main() -> None:
@@ -149,9 +145,9 @@ def main() -> None:
                 snapshot = next(iter(results.values()))["snapshot"]
                 hf = hf_default(snapshot, None, args.max_length, Path(tmp) / corpus / "hf")
             table = claim_rows(corpus, results, hf)
-            verdicts += [v for v in [hf_verdict(table)] if v]
-            print(f"{corpus}: {next(iter(results.values()))['counts']}\n{report.markdown(table)}\n{verdicts[-1]}",
-                  flush=True)
+            verdict = hf_verdict(corpus, results.get("full"), hf)
+            verdicts += [verdict] if verdict else []
+            print(f"{corpus}: {next(iter(results.values()))['counts']}\n{report.markdown(table)}\n{verdict}", flush=True)
             rows += table
     report.write("tune", rows, {k: str(v) for k, v in vars(args).items()}, verdicts)
 
