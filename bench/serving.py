@@ -1,6 +1,6 @@
 """Serving benchmark on the real MiniLM (fp32 ONNX) and real tweets, in one run:
 
-1. Batch-1 latency at concurrency 1, in interleaved rounds on the same texts: in-process
+1. Batch-1 latency at concurrency 1, each text through every way in turn: in-process
    tokenizers + onnxruntime (one thread) vs the Triton ensemble with one hop (the
    classifier tokenises itself, `serving.one_hop`, the default) vs two hops (a tokenizer
    step, then the classifier), over gRPC; the figure is the median of the rounds' p50s,
@@ -10,7 +10,8 @@
    of 8) on the same share of the CPU; batches sorted by length over the whole set, which
    only an offline job can form, are shown beside.
 3. The gateway (HTTP text in, routed, logged to the prediction log) vs Triton alone on the
-   same deployed champion, interleaved rounds at concurrency 1.
+   same deployed champion, each text to both in turn at concurrency 1, with the gateway
+   process's own CPU ms per request.
 
 CPU share: with 2 or more cores, Triton and its python-backend processes are pinned to all
 cores but the last (taskset), this process (the load generator and the in-process
@@ -32,6 +33,7 @@ import statistics
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -114,25 +116,41 @@ def deploy_versions(info: server.ServerInfo, model: Deployable, base: Config) ->
     return ensembles
 
 
+def paired_ms(ways: dict[str, Callable[[str], object]], texts: list[str]) -> dict[str, list[float]]:
+    """Every text through every way in turn, the order rotating from text to text, so that
+    the drift of a shared machine lands on all ways alike: in blocks of a few hundred
+    requests per way, the same way's p50 moved by 2 ms between blocks on a 2-core VM."""
+    order, times = list(ways), {way: [] for way in ways}
+    for i, text in enumerate(texts):
+        for way in order[i % len(order):] + order[:i % len(order)]:
+            started = time.perf_counter()
+            ways[way](text)
+            times[way].append(1000 * (time.perf_counter() - started))
+    return times
+
+
 def latency_rounds(info, ensembles, local: InProcess, texts: list[str], rounds: int, requests: int) -> list[dict]:
-    """Interleaved rounds at concurrency 1; per way: the median over rounds of p50 / p99 / server ms."""
-    ways = {"in-process ORT": None, "Triton one hop": ensembles["one hop"], "Triton two hops": ensembles["two hops"]}
-    seen: dict[str, list[tuple[float, float, float | None]]] = {way: [] for way in ways}
-    for r in range(rounds):
-        sample = texts[r * requests:(r + 1) * requests]
-        for way, ensemble in ways.items():
-            if ensemble is None:
-                seen[way].append((local.p50_ms(sample), float("nan"), None))
-                continue
-            result = loadtest.run(info.grpc_url, ensemble, sample, concurrency=1, requests=requests, warmup=20)
-            seen[way].append((result.p50_ms, result.p99_ms, result.server_avg_ms))
-        print(f"  round {r + 1}/{rounds}: " + ", ".join(f"{w} {v[-1][0]:.2f} ms" for w, v in seen.items()))
+    """Rounds at concurrency 1, each text through every way in turn (`paired_ms`); per way
+    the median over rounds of p50 / p99, and of the server's queue + compute ms."""
+    ensembles = {"Triton one hop": ensembles["one hop"], "Triton two hops": ensembles["two hops"]}
+    seen: dict[str, list[tuple[float, float, float | None]]] = {way: [] for way in ("in-process ORT", *ensembles)}
+    with TritonClient(info.grpc_url) as client:
+        ways = {"in-process ORT": lambda text: local.classify([text]),
+                **{way: (lambda text, e=e: client.classify([text], e)) for way, e in ensembles.items()}}
+        paired_ms(ways, texts[:20])  # warm-up
+        for r in range(rounds):
+            before = {way: client.statistics(e) for way, e in ensembles.items()}
+            times = paired_ms(ways, texts[r * requests:(r + 1) * requests])
+            for way, values in times.items():
+                server = loadtest.server_ms(before[way], client.statistics(ensembles[way])) if way in ensembles else None
+                seen[way].append((float(np.percentile(values, 50)), float(np.percentile(values, 99)), server))
+            print(f"  round {r + 1}/{rounds}: " + ", ".join(f"{w} {v[-1][0]:.2f} ms" for w, v in seen.items()))
     rows, local_p50 = [], statistics.median(v[0] for v in seen["in-process ORT"])
     for way, values in seen.items():
-        p50 = statistics.median(v[0] for v in values)
         servers = [v[2] for v in values if v[2] is not None]
+        p50 = statistics.median(v[0] for v in values)
         rows.append({"part": "latency c1", "way": way, "p50_ms": p50,
-                     "p99_ms": statistics.median(v[1] for v in values) if servers else None,
+                     "p99_ms": statistics.median(v[1] for v in values),
                      "server_ms": statistics.median(servers) if servers else None,
                      "over_in_process_ms": p50 - local_p50})
     return rows
@@ -154,8 +172,12 @@ def load_rows(info, ensembles, texts: list[str], requests: int, best_local: floa
 
 def gateway_rounds(config: Config, exported: Path, texts: list[str], rounds: int, requests: int,
                    cores: list[int]) -> list[dict]:
-    """The export deployed as champion behind the gateway; per round, the gateway and then
-    Triton alone on the same texts; the median over rounds of each p50."""
+    """The export deployed as champion behind the gateway; each text to the gateway and to
+    Triton alone in turn (`paired_ms`); per way the median over rounds of p50, and the
+    gateway's own CPU ms per request (its process's CPU time over the round: a figure the
+    machine's noise moves far less than wall time)."""
+    import httpx
+
     result = deploy.deploy(config, exported, texts[:64])
     if result.outcome != "promoted":
         raise SystemExit(f"the deploy for the gateway part was not promoted: {result.reason}")
@@ -164,22 +186,35 @@ def gateway_rounds(config: Config, exported: Path, texts: list[str], rounds: int
     pin(info.pid, cores)
     pin(triton.pid, cores)  # the deploy loaded new python-backend stubs
     champion = deploy.champion_model(config)
-    seen: dict[str, list[float]] = {"gateway (HTTP, logged)": [], "Triton alone (gRPC)": []}
+    process = psutil.Process(info.pid)
+    seen: dict[str, list[float]] = {"gateway (HTTP, logged)": [], "Triton alone (gRPC)": [], "gateway cpu": []}
+
+    def via_gateway(text: str) -> None:
+        answer = web.post("/predict", json={"text": text})
+        if answer.status_code != 200:
+            raise SystemExit(f"the gateway answered HTTP {answer.status_code}: {answer.text[:300]}")
+
     try:
-        for r in range(rounds):
-            sample = texts[r * requests:(r + 1) * requests]
-            load = loadtest.gateway(info.url, sample, requests=requests, concurrency=1)
-            alone = loadtest.run(triton.grpc_url, champion, sample, concurrency=1, requests=requests, warmup=20)
-            if load.errors:
-                raise SystemExit(f"the gateway answered {load.errors} errors: {load.first_error}")
-            seen["gateway (HTTP, logged)"].append(load.p50_ms)
-            seen["Triton alone (gRPC)"].append(alone.p50_ms)
-            print(f"  round {r + 1}/{rounds}: gateway {load.p50_ms:.2f} ms, Triton {alone.p50_ms:.2f} ms")
+        with httpx.Client(base_url=info.url, timeout=30) as web, TritonClient(triton.grpc_url) as alone:
+            ways = {"gateway (HTTP, logged)": via_gateway,
+                    "Triton alone (gRPC)": lambda text: alone.classify([text], champion)}
+            paired_ms(ways, texts[:20])  # warm-up
+            for r in range(rounds):
+                sample = texts[r * requests:(r + 1) * requests]
+                cpu = sum(process.cpu_times()[:2])
+                times = paired_ms(ways, sample)
+                seen["gateway cpu"].append(1000 * (sum(process.cpu_times()[:2]) - cpu) / len(sample))
+                for way, values in times.items():
+                    seen[way].append(float(np.percentile(values, 50)))
+                print(f"  round {r + 1}/{rounds}: " + ", ".join(f"{w} {v[-1]:.2f} ms" for w, v in seen.items()))
     finally:
         gateway.stop(config)
     triton_p50 = statistics.median(seen["Triton alone (gRPC)"])
-    return [{"part": "gateway c1", "way": way, "p50_ms": statistics.median(v),
-             "over_triton_ms": statistics.median(v) - triton_p50} for way, v in seen.items()]
+    rows = [{"part": "gateway c1", "way": way, "p50_ms": statistics.median(seen[way]),
+             "over_triton_ms": statistics.median(seen[way]) - triton_p50}
+            for way in ("gateway (HTTP, logged)", "Triton alone (gRPC)")]
+    rows[0]["gateway_cpu_ms"] = statistics.median(seen["gateway cpu"])
+    return rows
 
 
 def main() -> None:
@@ -251,9 +286,9 @@ def print_verdict(rows: list[dict], best_local: float, server_cores, client_core
     for r in (r for r in rows if r["part"] == "load"):
         print(f"{r['concurrency']:>11} {r['way']:<22}{r['req_s']:>7.0f}{r['p50_ms']:>7.1f}{r['p99_ms']:>7.1f}"
               f"{r['p99_over_p50']:>8.2f}{r['of_best_in_process']:>8.0%}")
-    print(f"\n{'':24}{'p50 ms':>8}{'over Triton':>12}")
+    print(f"\n{'':24}{'p50 ms':>8}{'over Triton':>12}{'own CPU ms':>11}")
     for row in (r for r in rows if r["part"] == "gateway c1"):
-        print(f"{row['way']:24}{row['p50_ms']:>8.2f}{row['over_triton_ms']:>+12.2f}")
+        print(f"{row['way']:24}{row['p50_ms']:>8.2f}{row['over_triton_ms']:>+12.2f}{_ms(row.get('gateway_cpu_ms')):>11}")
     gate = next(r for r in rows if r["way"] == "gateway (HTTP, logged)")
     one = next(r for r in rows if r["way"] == "Triton one hop")
     c4 = next(r for r in rows if r["part"] == "load" and r["way"] == "one hop" and r["concurrency"] == 4)

@@ -137,15 +137,19 @@ def run(url: str, model: str, texts: list[str], concurrency: int = 4, requests: 
     wall = _drive(lambda: TritonClient(url, protocol, timeout_s), one, requests, concurrency, max_seconds)
     with TritonClient(url, protocol, timeout_s) as probe:
         after = probe.statistics(model)
-    done = after["success"][0] - before["success"][0]
-    server_ms = None
-    if done:
-        busy = (after["queue"][1] - before["queue"][1]) + (after["compute_infer"][1] - before["compute_infer"][1])
-        server_ms = busy / done / 1e6
     sent = len(latencies) + len(errors)
     p50, p95, p99 = _percentiles(latencies)
     return LoadResult(model, concurrency, sent, len(errors), wall, len(latencies) / wall,
-                      p50, p95, p99, server_ms, errors[0] if errors else None, latencies)
+                      p50, p95, p99, server_ms(before, after), errors[0] if errors else None, latencies)
+
+
+def server_ms(before: dict, after: dict) -> float | None:
+    """Queue + compute ms per request that succeeded between two `TritonClient.statistics`."""
+    done = after["success"][0] - before["success"][0]
+    if not done:
+        return None
+    busy = (after["queue"][1] - before["queue"][1]) + (after["compute_infer"][1] - before["compute_infer"][1])
+    return busy / done / 1e6
 
 
 def gateway(url: str, texts: list[str], requests: int = 500, concurrency: int = 4, max_seconds: float = 60.0,
