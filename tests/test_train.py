@@ -73,6 +73,34 @@ def test_ewc_fisher_is_the_mean_of_per_row_squared_gradients():
     assert ewc.penalty(model).item() == 0.0  # at the anchor
 
 
+def test_one_class_score_is_what_answering_one_class_scores():
+    from sklearn.metrics import f1_score
+
+    labels = [0, 0, 0, 1, 2, 2, -100]  # -100: a row without a label
+    floor = train.one_class_macro_f1(labels)
+    assert floor == pytest.approx(f1_score([0, 0, 0, 1, 2, 2], [0] * 6, average="macro"))  # the majority class
+    assert floor > f1_score([0, 0, 0, 1, 2, 2], [2] * 6, average="macro")
+
+
+@pytest.mark.parametrize("scores, stops_after", [
+    ([0.25, 0.25, 0.25, 0.25, 0.6, 0.6, 0.6], 7),  # at the one-class score: no patience spent
+    ([0.25, 0.5, 0.5, 0.5], 4),  # learning, then stalled: HF's rule
+    ([0.6, 0.6, 0.6], 3),
+])
+def test_patience_starts_once_the_model_beats_one_class(tmp_path, scores, stops_after):
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+
+    args = TrainingArguments(output_dir=str(tmp_path), eval_strategy="steps", metric_for_best_model="macro_f1",
+                             greater_is_better=True, report_to="none")
+    stopping, state, control = train.EarlyStopping(2, floor=0.25), TrainerState(), TrainerControl()
+    for evaluation, score in enumerate(scores, start=1):
+        stopping.on_evaluate(args, state, control, metrics={"eval_macro_f1": score})
+        state.best_metric = score if state.best_metric is None else max(state.best_metric, score)
+        if control.should_training_stop:
+            break
+    assert control.should_training_stop and evaluation == stops_after
+
+
 def test_rehearsal_mix_hits_the_share():
     new = pd.DataFrame({"text": [f"n{i}" for i in range(300)], "label": "a"})
     old = pd.DataFrame({"text": [f"o{i}" for i in range(1000)], "label": "b"})

@@ -70,7 +70,9 @@ class CandidateSection(Section):
         "sklearn's compute_class_weight on the training labels (the validation loss stays unweighted)"))
     warmup_share: float = Field(0.06, ge=0, lt=1)
     scheduler: Literal["linear", "cosine", "constant_with_warmup"] = "linear"
-    early_stopping_patience: int = Field(2, ge=0, description="evaluations without gain; 0 = off")
+    early_stopping_patience: int = Field(2, ge=0, description=(
+        "evaluations without gain, counted once validation macro-F1 beats answering one class "
+        "for every text; 0 = off"))
     evals_per_epoch: int = Field(2, ge=1)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     gradient_checkpointing: bool = False

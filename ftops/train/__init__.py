@@ -20,14 +20,14 @@ from ftops.train.losses import Ewc, class_weights, distillation_loss
 from ftops.train.results import RESULT_FILE, RetrainSources, TrainResult, load_result
 from ftops.train.rounds import (TAG_FLOW_RUN, ResumeError, RoundResult, find_round, saved_round,
                                train_round)
-from ftops.train.trainer import FtopsTrainer, cpu_flags, precision
+from ftops.train.trainer import EarlyStopping, FtopsTrainer, cpu_flags, one_class_macro_f1, precision
 
 # peft calls a transformers property that transformers 5 renamed; nothing for us to change.
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
-__all__ = ["META_FILE", "MODEL_DIR", "RESULT_FILE", "TAG_FLOW_RUN", "BaselineResult", "Encoded", "Ewc",
-           "FtopsTrainer", "ResumeError", "RetrainSources", "RoundResult", "TrainResult", "check_candidates",
+__all__ = ["META_FILE", "MODEL_DIR", "RESULT_FILE", "TAG_FLOW_RUN", "BaselineResult", "EarlyStopping", "Encoded",
+           "Ewc", "FtopsTrainer", "ResumeError", "RetrainSources", "RoundResult", "TrainResult", "check_candidates",
            "checkpoints", "class_weights", "cpu_flags", "distillation_loss", "drop_partial_checkpoints",
            "find_round", "fit_baseline", "is_baseline", "initial_model", "last_checkpoint", "load_result", "load_trained",
-           "precision", "rehearsal_mix", "resume_point", "save_trained", "saved_round", "select_candidates",
-           "train_candidate", "train_round"]
+           "one_class_macro_f1", "precision", "rehearsal_mix", "resume_point", "save_trained", "saved_round",
+           "select_candidates", "train_candidate", "train_round"]

@@ -26,7 +26,7 @@ from ftops.train.losses import Ewc, class_weights, log_class_weights
 from ftops.train.plots import plot_confusion, plot_history
 from ftops.train.results import RESULT_FILE, RetrainSources, TrainResult
 from ftops.train.trainer import (EarlyStopping, FtopsTrainer, MlflowMetrics, ProgressCallback, compute_metrics,
-                                 per_device_batch, training_arguments)
+                                 one_class_macro_f1, per_device_batch, training_arguments)
 
 
 def checkpoint_state(folder: Path) -> dict | None:
@@ -131,7 +131,8 @@ def train_candidate(config: Config, candidate: CandidateSection, snapshot, out_d
     if progress is not None:
         callbacks.append(ProgressCallback(progress))
     if candidate.early_stopping_patience:
-        callbacks.append(EarlyStopping(early_stopping_patience=candidate.early_stopping_patience))
+        floor = one_class_macro_f1([row["labels"] for row in val_set.rows])
+        callbacks.append(EarlyStopping(candidate.early_stopping_patience, floor))
     trainer = FtopsTrainer(
         model=prepared.model, args=training_arguments(candidate, out_dir, len(train_set), checkpoints=save),
         data_collator=collator, train_dataset=train_set, eval_dataset=val_set,
