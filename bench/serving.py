@@ -83,14 +83,6 @@ class InProcess:
     def classify(self, texts: list[str]) -> np.ndarray:
         return self.run(runtime.encode_batch(self.tokenizer, texts))
 
-    def p50_ms(self, texts: list[str]) -> float:
-        times = []
-        for text in texts:
-            started = time.perf_counter()
-            self.classify([text])
-            times.append(1000 * (time.perf_counter() - started))
-        return float(np.percentile(times, 50))
-
     def throughput(self, texts: list[str], batch: int, by_length: bool = False) -> float:
         """Texts per second in batches of `batch`, in arrival order (what a server gets) or
         sorted by length over the whole set (only an offline job can)."""
@@ -142,7 +134,8 @@ def latency_rounds(info, ensembles, local: InProcess, texts: list[str], rounds: 
             before = {way: client.statistics(e) for way, e in ensembles.items()}
             times = paired_ms(ways, texts[r * requests:(r + 1) * requests])
             for way, values in times.items():
-                server = loadtest.server_ms(before[way], client.statistics(ensembles[way])) if way in ensembles else None
+                server = (loadtest.server_ms(before[way], client.statistics(ensembles[way]))
+                          if way in ensembles else None)
                 seen[way].append((float(np.percentile(values, 50)), float(np.percentile(values, 99)), server))
             print(f"  round {r + 1}/{rounds}: " + ", ".join(f"{w} {v[-1][0]:.2f} ms" for w, v in seen.items()))
     rows, local_p50 = [], statistics.median(v[0] for v in seen["in-process ORT"])
@@ -248,7 +241,6 @@ def main() -> None:
             ensembles = deploy_versions(info, model, base)
             pin(info.pid, server_cores)
             local = InProcess(model)
-            local.p50_ms(texts[:50])  # warm-up
             print(f"1. latency at concurrency 1: {args.rounds} interleaved rounds of {args.requests} texts")
             rows = latency_rounds(info, ensembles, local, texts, args.rounds, args.requests)
             offline = {f"batch {b}{' by length' if by_length else ''}": local.throughput(texts[:600], b, by_length)
@@ -288,7 +280,8 @@ def print_verdict(rows: list[dict], best_local: float, server_cores, client_core
               f"{r['p99_over_p50']:>8.2f}{r['of_best_in_process']:>8.0%}")
     print(f"\n{'':24}{'p50 ms':>8}{'over Triton':>12}{'own CPU ms':>11}")
     for row in (r for r in rows if r["part"] == "gateway c1"):
-        print(f"{row['way']:24}{row['p50_ms']:>8.2f}{row['over_triton_ms']:>+12.2f}{_ms(row.get('gateway_cpu_ms')):>11}")
+        print(f"{row['way']:24}{row['p50_ms']:>8.2f}{row['over_triton_ms']:>+12.2f}"
+              f"{_ms(row.get('gateway_cpu_ms')):>11}")
     gate = next(r for r in rows if r["way"] == "gateway (HTTP, logged)")
     one = next(r for r in rows if r["way"] == "Triton one hop")
     c4 = next(r for r in rows if r["part"] == "load" and r["way"] == "one hop" and r["concurrency"] == 4)

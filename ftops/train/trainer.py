@@ -181,8 +181,9 @@ class EarlyStopping(EarlyStoppingCallback):
     """HF's early stopping, whose patience only starts once validation macro-F1 has beaten
     `floor` (one_class_macro_f1 of the validation labels). LoRA on this encoder answered
     the majority class of movie reviews for up to 9 of its 12 evaluations before it learned,
-    and HF's rule stopped it there (test macro-F1 0.232; 0.568 with this rule). Without checkpoints (a tuning trial) it
-    skips HF's start-up warning that no best model will be loaded: none is wanted there."""
+    and HF's rule stopped it there (test macro-F1 0.232; 0.568 with this rule). Without
+    checkpoints (a tuning trial) it skips HF's start-up warning that no best model will be
+    loaded: none is wanted there."""
 
     def __init__(self, early_stopping_patience: int, floor: float = 0.0):
         super().__init__(early_stopping_patience=early_stopping_patience)
